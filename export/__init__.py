@@ -1,0 +1,1 @@
+"""gemma_edge.export (built in later issues)."""

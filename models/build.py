@@ -1,0 +1,48 @@
+"""Build a model from a preset or a ModelConfig; switch it to the custom ops."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import Attention
+from .config import ModelConfig
+from .model import CausalLM, Encoder
+from .presets import get_preset
+from .recurrent import RGLRU
+
+__all__ = ["build", "use_custom_ops", "init_random_"]
+
+
+def build(preset_or_config: str | ModelConfig, seed: int | None = None) -> nn.Module:
+    """An eval-mode fp32 model with ``.config``; random weights when ``seed`` is given, else zeros."""
+    cfg = get_preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    model = (CausalLM if cfg.causal else Encoder)(cfg)
+    if seed is not None:
+        init_random_(model, seed)
+    return model.eval()
+
+
+@torch.no_grad()
+def init_random_(model: nn.Module, seed: int, std: float = 0.05) -> nn.Module:
+    """Random weights that exercise every parameter, norms and biases included.
+
+    RG-LRU's Lambda is drawn so that a = exp(-softplus(Lambda)) lies in [0.9, 0.999], as Griffin
+    initialises it (REFERENCE §2b).
+    """
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("a_param"):
+            a = torch.empty(p.shape).uniform_(0.9, 0.999, generator=g)
+            p.copy_(torch.log(torch.expm1(-torch.log(a))))  # softplus^-1(-log a)
+        else:
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def use_custom_ops(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Route attention and RG-LRU through ``torch.ops.gemma_edge.*`` (for export) or back."""
+    for m in model.modules():
+        if isinstance(m, (Attention, RGLRU)):
+            m.use_custom_op = enabled
+    return model

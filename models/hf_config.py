@@ -1,0 +1,139 @@
+"""config.json (Hugging Face) -> ModelConfig, knowing every key it maps.
+
+Any key that is neither mapped nor known to be inert is an error naming it: an architecture key
+silently ignored is how a wrong model ships. ``allow_unknown=True`` turns that into a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from .config import ModelConfig
+from .errors import ConfigError
+from .presets import gemma2_kinds, gemma3_kinds
+
+__all__ = ["config_from_hf", "MODEL_TYPES", "INERT_KEYS"]
+
+MODEL_TYPES = ("gemma2", "gemma3_text", "recurrent_gemma")
+
+# Keys that do not change what the model computes (training, bookkeeping, generation defaults).
+INERT_KEYS = frozenset({
+    "transformers_version", "dtype", "torch_dtype", "use_cache", "initializer_range", "architectures",
+    "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id", "w_init_variance_scale",
+    "final_w_init_variance_scale", "_name_or_path", "cache_implementation", "model_type",
+    "_attn_implementation", "attn_implementation", "output_attentions", "output_hidden_states",
+    "return_dict", "tie_word_embeddings", "id2label", "label2id", "problem_type", "chunk_size_feed_forward",
+    "is_encoder_decoder", "add_cross_attention", "tokenizer_class", "max_length",
+})  # fmt: skip
+
+_COMMON = {
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "intermediate_size", "rms_norm_eps", "hidden_activation", "hidden_act", "attention_bias",
+    "rope_parameters", "rope_theta", "rope_scaling", "max_position_embeddings", "layer_types",
+}  # fmt: skip
+_MAPPED = {
+    "gemma2": _COMMON | {"sliding_window", "query_pre_attn_scalar", "attn_logit_softcapping",
+                         "final_logit_softcapping", "use_bidirectional_attention"},
+    "gemma3_text": _COMMON | {"sliding_window", "query_pre_attn_scalar", "attn_logit_softcapping",
+                              "final_logit_softcapping", "use_bidirectional_attention", "rope_local_base_freq",
+                              "_sliding_window_pattern", "sliding_window_pattern"},
+    "recurrent_gemma": _COMMON | {"lru_width", "attention_window_size", "conv1d_width", "logits_soft_cap",
+                                  "block_types", "partial_rotary_factor", "embeddings_scale_by_sqrt_dim"},
+}  # fmt: skip
+
+_HF_KIND = {"full_attention": "global", "sliding_attention": "local"}
+
+
+def _need(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {msg}")
+
+
+def _rope(j: dict, where: str, kinds: set[str]) -> tuple[dict, dict, float]:
+    """RoPE base, linear scaling and rotary fraction per attention kind, from v4 or v5 keys."""
+    base, scaling, fraction = {}, {}, float(j.get("partial_rotary_factor", 1.0))
+    params = j.get("rope_parameters")
+    per_kind: dict[str, dict] = {}
+    if isinstance(params, dict) and any(k in params for k in _HF_KIND):
+        per_kind = {_HF_KIND[k]: v for k, v in params.items() if k in _HF_KIND}
+    elif isinstance(params, dict):
+        per_kind = {k: dict(params) for k in kinds}
+    else:  # transformers 4.x layout
+        theta = float(j.get("rope_theta", 10_000.0))
+        per_kind = {k: {"rope_theta": theta} for k in kinds}
+        if "local" in kinds and "rope_local_base_freq" in j:
+            per_kind["local"] = {"rope_theta": float(j["rope_local_base_freq"])}
+        if j.get("rope_scaling"):
+            per_kind.setdefault("global", {}).update(j["rope_scaling"])
+    for kind, p in per_kind.items():
+        rtype = p.get("rope_type", p.get("type", "default"))
+        _need(rtype in ("default", "linear"), where, f"rope_type {rtype!r} for {kind} layers is not supported")
+        base[kind] = float(p.get("rope_theta", 10_000.0))
+        if rtype == "linear" and float(p.get("factor", 1.0)) != 1.0:
+            scaling[kind] = float(p["factor"])
+        fraction = float(p.get("partial_rotary_factor", fraction))
+    return base, scaling, fraction
+
+
+def config_from_hf(j: dict[str, Any], *, where: str = "config.json", allow_unknown: bool = False,
+                   encoder: bool = False) -> ModelConfig:  # fmt: skip
+    mt = j.get("model_type")
+    _need(mt in MODEL_TYPES, where, f"unknown model_type {mt!r}; supported: {', '.join(MODEL_TYPES)}")
+    unknown = sorted(set(j) - _MAPPED[mt] - INERT_KEYS)
+    if unknown:
+        msg = f"{where}: unknown config key(s) {unknown} for model_type {mt!r}"
+        if not allow_unknown:
+            raise ConfigError(msg + " (pass allow_unknown_keys=True to load anyway)")
+        warnings.warn(msg + "; ignored because allow_unknown_keys=True", stacklevel=3)
+    act = j.get("hidden_activation") or j.get("hidden_act") or "gelu_pytorch_tanh"
+    _need(act in ("gelu_pytorch_tanh", "gelu_tanh"), where, f"hidden_activation {act!r} is not gelu tanh")
+    _need(not j.get("attention_bias", False), where, "attention_bias=true is not a Gemma architecture")
+    n = int(j["num_hidden_layers"])
+    heads, d = int(j["num_attention_heads"]), int(j["hidden_size"])
+    common = dict(
+        vocab_size=int(j["vocab_size"]), d_model=d, num_heads=heads,
+        num_kv_heads=int(j.get("num_key_value_heads") or heads), norm_eps=float(j.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(j.get("tie_word_embeddings", True)),
+    )  # fmt: skip
+
+    if mt == "recurrent_gemma":
+        blocks = list(j.get("block_types", ["recurrent", "recurrent", "attention"]))
+        _need(set(blocks) <= {"recurrent", "attention"}, where, f"block_types {blocks} has an unknown entry")
+        kinds = tuple("recurrent" if blocks[i % len(blocks)] == "recurrent" else "local" for i in range(n))
+        base, scaling, fraction = _rope({"partial_rotary_factor": 0.5, **j}, where, {"local"})
+        head_dim = int(j.get("head_dim") or d // heads)
+        _need(head_dim == d // heads, where, f"head_dim {head_dim} must equal hidden_size/heads = {d // heads}")
+        _need(j.get("embeddings_scale_by_sqrt_dim", True), where, "embeddings_scale_by_sqrt_dim=false is unsupported")
+        return ModelConfig(
+            family="recurrentgemma", layer_kinds=kinds, head_dim=head_dim,
+            ffn_dim=int(j["intermediate_size"]) // 2,  # HF's MLP halves intermediate_size
+            window=int(j.get("attention_window_size", 2048)), max_seq_len=int(j.get("max_position_embeddings", 8192)),
+            query_scale=float(head_dim), rope_base=base, rope_scaling=scaling, rotary_fraction=fraction,
+            final_softcap=j.get("logits_soft_cap", 30.0), post_norms=False, embed_scale_bf16=True,
+            mlp_bias=True, attn_out_bias=True, lru_width=int(j.get("lru_width") or d),
+            conv_width=int(j.get("conv1d_width", 4)), **common,
+        )  # fmt: skip
+
+    bidir = bool(j.get("use_bidirectional_attention") or False)
+    _need(mt == "gemma3_text" or not bidir, where, "use_bidirectional_attention is only supported for gemma3_text")
+    if "layer_types" in j and j["layer_types"] is not None:
+        bad = [t for t in j["layer_types"] if t not in _HF_KIND]
+        _need(not bad, where, f"layer_types has unknown entries {bad}")
+        _need(len(j["layer_types"]) == n, where, f"layer_types has {len(j['layer_types'])} entries, num_hidden_layers is {n}")
+        kinds = tuple(_HF_KIND[t] for t in j["layer_types"])
+    elif mt == "gemma2":
+        kinds = gemma2_kinds(n)
+    else:
+        kinds = gemma3_kinds(n, int(j.get("sliding_window_pattern", j.get("_sliding_window_pattern", 6))))
+    base, scaling, fraction = _rope(j, where, set(kinds))
+    head_dim = int(j.get("head_dim") or d // heads)
+    family = "gemma2" if mt == "gemma2" else ("embeddinggemma" if (bidir or encoder) else "gemma3")
+    return ModelConfig(
+        family=family, layer_kinds=kinds, head_dim=head_dim, ffn_dim=int(j["intermediate_size"]),
+        window=int(j.get("sliding_window") or 4096), max_seq_len=int(j.get("max_position_embeddings", 8192)),
+        query_scale=float(j.get("query_pre_attn_scalar") or head_dim), rope_base=base, rope_scaling=scaling,
+        rotary_fraction=fraction, attn_softcap=j.get("attn_logit_softcapping"),
+        final_softcap=j.get("final_logit_softcapping"), qk_norm=mt == "gemma3_text", causal=not bidir,
+        **common,
+    )  # fmt: skip

@@ -1,0 +1,134 @@
+"""The two custom ops that carry Gemma's special parts, with their reference math.
+
+* ``gemma_edge::sliding_window_attention`` - GQA/MQA attention over keys whose absolute positions
+  are given (a ring buffer, a full cache, or just the current chunk), with a window, an optional
+  logit soft-cap and a causal or bidirectional mask.
+* ``gemma_edge::rg_lru`` - the RG-LRU scan of Griffin (REFERENCE §2b) with the hidden state in and
+  out.
+
+The eager kernel of each op *is* the reference function below, so the plain-PyTorch path and the
+custom-op path compute the same thing; backends lower the op (or its decomposition) from outside.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["attention_reference", "rg_lru_reference", "sliding_window_attention", "rg_lru"]
+
+
+def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, causal: bool) -> torch.Tensor:
+    """Mask (B, 1, T, S): which keys each query sees.
+
+    k_pos < 0 marks an empty cache slot or a padded key. Causal: i - window < j <= i
+    (window keys including self, REFERENCE §1b). Bidirectional: |i - j| <= window // 2, which is
+    HF Gemma 3's rule for EmbeddingGemma (config window 512 -> distance < 257).
+    """
+    qp = q_pos[None, None, :, None]  # (1, 1, T, 1)
+    kp = k_pos[:, None, None, :]  # (B, 1, 1, S)
+    vis = kp >= 0
+    if causal:
+        vis = vis & (kp <= qp)
+        if window > 0:
+            vis = vis & (qp - kp < window)
+    elif window > 0:
+        vis = vis & ((qp - kp).abs() <= window // 2)
+    return vis
+
+
+def attention_reference(
+    q: torch.Tensor,  # (B, H, T, D), RoPE applied
+    k: torch.Tensor,  # (B, kvH, S, D)
+    v: torch.Tensor,  # (B, kvH, S, D)
+    q_pos: torch.Tensor,  # (T,) int
+    k_pos: torch.Tensor,  # (B, S) int, -1 = not visible
+    window: int,  # 0 = global
+    scale: float,
+    softcap: float,  # 0 = none
+    causal: bool,
+) -> torch.Tensor:  # (B, H, T, D)
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:  # head h reads kv head h // rep
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, T, S)
+    if softcap > 0:
+        scores = torch.tanh(scores / softcap) * softcap
+    vis = _visible(q_pos, k_pos, window, causal)
+    # A finite floor rather than -inf: a fully masked row (a padded query) stays finite.
+    scores = torch.where(vis, scores, torch.finfo(scores.dtype).min)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+def rg_lru_reference(
+    x: torch.Tensor,  # (B, T, L) conv output
+    gate_x_weight: torch.Tensor,  # (H, L/H, L/H) block-diagonal input gate
+    gate_x_bias: torch.Tensor,  # (H, L/H)
+    gate_a_weight: torch.Tensor,  # (H, L/H, L/H) block-diagonal recurrence gate
+    gate_a_bias: torch.Tensor,  # (H, L/H)
+    a_param: torch.Tensor,  # (L,) Lambda
+    pos: torch.Tensor,  # (T,) int positions; 0 resets the state
+    h0: torch.Tensor,  # (B, L) fp32 state before the chunk
+    c: float,  # 8 in Griffin
+) -> tuple[torch.Tensor, torch.Tensor]:  # y (B, T, L), h_T (B, L) fp32
+    B, T, L = x.shape
+    H = gate_x_weight.shape[0]
+    xb = x.reshape(B, T, H, L // H)
+    gx = torch.sigmoid((torch.einsum("bthi,hij->bthj", xb, gate_x_weight) + gate_x_bias).reshape(B, T, L))
+    ga = torch.sigmoid((torch.einsum("bthi,hij->bthj", xb, gate_a_weight) + gate_a_bias).reshape(B, T, L))
+    log_a = -c * ga * F.softplus(a_param)  # log a_t = -c r_t softplus(Lambda)
+    a = torch.exp(log_a)
+    reset = (pos == 0)[None, :, None]  # (1, T, 1)
+    # At a document start a is zeroed and the sqrt(1 - a^2) multiplier is replaced by 1.
+    mult = torch.where(reset, torch.ones_like(a), torch.sqrt(1 - torch.exp(2 * log_a)))
+    u = (x * gx * mult.to(x.dtype)).float()  # (B, T, L)
+    a = torch.where(reset, torch.zeros_like(a), a).float()
+    h = h0.float()
+    ys = []
+    for t in range(T):  # the scan accumulates in fp32 (REFERENCE §2b)
+        h = a[:, t] * h + u[:, t]
+        ys.append(h)
+    y = torch.stack(ys, dim=1).to(x.dtype)
+    return y, h.clone()
+
+
+@torch.library.custom_op("gemma_edge::sliding_window_attention", mutates_args=())
+def sliding_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    window: int,
+    scale: float,
+    softcap: float,
+    causal: bool,
+) -> torch.Tensor:
+    return attention_reference(q, k, v, q_pos, k_pos, window, scale, softcap, causal)
+
+
+@sliding_window_attention.register_fake
+def _(q, k, v, q_pos, k_pos, window, scale, softcap, causal):
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("gemma_edge::rg_lru", mutates_args=())
+def rg_lru(
+    x: torch.Tensor,
+    gate_x_weight: torch.Tensor,
+    gate_x_bias: torch.Tensor,
+    gate_a_weight: torch.Tensor,
+    gate_a_bias: torch.Tensor,
+    a_param: torch.Tensor,
+    pos: torch.Tensor,
+    h0: torch.Tensor,
+    c: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return rg_lru_reference(x, gate_x_weight, gate_x_bias, gate_a_weight, gate_a_bias, a_param, pos, h0, c)
+
+
+@rg_lru.register_fake
+def _(x, gate_x_weight, gate_x_bias, gate_a_weight, gate_a_bias, a_param, pos, h0, c):
+    return torch.empty_like(x), torch.empty_like(h0, dtype=torch.float32)

@@ -1,0 +1,1 @@
+"""gemma_edge.quant (built in later issues)."""

@@ -1,0 +1,1 @@
+"""gemma_edge.runtime_py (built in later issues)."""
