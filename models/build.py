@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 from torch import nn
 
@@ -30,8 +32,9 @@ def init_random_(model: nn.Module, seed: int, std: float = 0.05) -> nn.Module:
     RG-LRU's Lambda is drawn so that a = exp(-softplus(Lambda)) lies in [0.9, 0.999], as Griffin
     initialises it (REFERENCE §2b).
     """
-    g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
+        # Seeded per name: a parameter gets the same values whatever else the model holds.
+        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         if name.endswith("a_param"):
             a = torch.empty(p.shape).uniform_(0.9, 0.999, generator=g)
             p.copy_(torch.log(torch.expm1(-torch.log(a))))  # softplus^-1(-log a)

@@ -20,12 +20,14 @@ from torch import nn
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
 from .hf_config import config_from_hf
-from .keymaps import KEYMAPS, hf_key
+from .keymaps import hf_key
+from .presets import matryoshka_dims
 
 __all__ = ["load", "read_config", "read_json", "safetensors_header"]
 
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 _MAX_LISTED = 8
+_POOLING = {"mean": "mean", "mean_tokens": "mean", "cls": "first", "cls_token": "first", "lasttoken": "last"}
 _POOL_MODES = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
 
 
@@ -103,21 +105,27 @@ def _st_modules(d: Path) -> list[dict] | None:
     return mods
 
 
-def _encoder_parts(d: Path, mods: list[dict]) -> tuple[Path, list[Path]]:
-    """Check the sentence-transformers pipeline is Transformer -> mean Pooling -> Dense* -> Normalize."""
+def _encoder_parts(d: Path, mods: list[dict]) -> tuple[Path, list[Path], str]:
+    """Check the sentence-transformers pipeline is Transformer -> Pooling -> Dense* -> Normalize."""
     kinds = [m["type"].rsplit(".", 1)[-1] for m in mods]
     if not kinds or kinds[0] != "Transformer" or kinds[-1] != "Normalize" or "Pooling" not in kinds:
-        raise CheckpointError(f"{d / 'modules.json'}: expected Transformer, Pooling, Dense..., Normalize; found {kinds}")
+        raise CheckpointError(
+            f"{d / 'modules.json'}: expected Transformer, Pooling, Dense..., Normalize; found {kinds}"
+        )
     root = d / mods[0].get("path", "")
-    dense_dirs = []
+    dense_dirs, pooling = [], "mean"
     for m, k in zip(mods[1:-1], kinds[1:-1]):
         sub = d / m.get("path", "")
         if k == "Pooling":
             pc = read_json(sub / "config.json")
             # sentence-transformers >= 6 writes "pooling_mode"; older releases one boolean per mode.
             mode = pc.get("pooling_mode") or [m for m in _POOL_MODES if pc.get(f"pooling_mode_{m}")]
-            if mode not in ("mean", ["mean_tokens"]):
-                raise CheckpointError(f"{sub / 'config.json'}: only mean pooling is supported, got {pc}")
+            mode = mode[0] if isinstance(mode, list) and len(mode) == 1 else mode
+            if mode not in _POOLING:
+                raise CheckpointError(
+                    f"{sub / 'config.json'}: pooling {mode!r} is not supported (mean, cls, lasttoken)"
+                )
+            pooling = _POOLING[mode]
         elif k == "Dense":
             dc = read_json(sub / "config.json")
             act = str(dc.get("activation_function", "")).rsplit(".", 1)[-1]
@@ -126,7 +134,7 @@ def _encoder_parts(d: Path, mods: list[dict]) -> tuple[Path, list[Path]]:
             dense_dirs.append(sub)
         else:
             raise CheckpointError(f"{d / 'modules.json'}: unsupported module {k!r}")
-    return root, dense_dirs
+    return root, dense_dirs, pooling
 
 
 def read_config(path: str | Path, *, allow_unknown_keys: bool = False) -> ModelConfig:
@@ -140,7 +148,7 @@ def _read(d: Path, allow_unknown: bool) -> tuple[ModelConfig, Path, list[Path]]:
     if not d.is_dir():
         raise CheckpointError(f"checkpoint path {d} is not a directory")
     mods = _st_modules(d)
-    root, dense_dirs = _encoder_parts(d, mods) if mods is not None else (d, [])
+    root, dense_dirs, pooling = _encoder_parts(d, mods) if mods is not None else (d, [], "mean")
     cj = root / "config.json"
     try:
         cfg = config_from_hf(read_json(cj), where=str(cj), allow_unknown=allow_unknown, encoder=mods is not None)
@@ -151,9 +159,15 @@ def _read(d: Path, allow_unknown: bool) -> tuple[ModelConfig, Path, list[Path]]:
             raise CheckpointError(f"{cj}: a sentence-transformers encoder needs use_bidirectional_attention=true")
         dims = [int(read_json(p / "config.json")["out_features"]) for p in dense_dirs]
         out = dims[-1] if dims else cfg.d_model
-        cfg = cfg.replace(dense_dims=tuple(dims), matryoshka_dims=tuple(m for m in (768, 512, 256, 128) if m <= out) or (out,))
+        cfg = cfg.replace(
+            pooling=pooling,
+            dense_dims=tuple(dims),
+            matryoshka_dims=matryoshka_dims(out),
+        )
     elif not cfg.causal:
-        raise CheckpointError(f"{d}: a bidirectional gemma3_text model needs the sentence-transformers layout (modules.json)")
+        raise CheckpointError(
+            f"{d}: a bidirectional gemma3_text model needs the sentence-transformers layout (modules.json)"
+        )
     return cfg, root, dense_dirs
 
 
@@ -196,13 +210,19 @@ def load(path: str | Path, *, allow_unknown_keys: bool = False) -> nn.Module:
         expected[f"{sub.name}/linear.weight"] = (f"dense.{i}.weight", model.dense[i].weight.shape)
         tensors[f"{sub.name}/linear.weight"] = t["linear.weight"]
 
-    bad = [f"{k}: expected {tuple(s)}, found {tuple(tensors[k].shape)}" for k, (_, s) in expected.items() if tensors[k].shape != s]
+    bad = [
+        f"{k}: expected {tuple(s)}, found {tuple(tensors[k].shape)}"
+        for k, (_, s) in expected.items()
+        if tensors[k].shape != s
+    ]
     if bad:
         raise CheckpointError(_problems(f"mis-shaped tensors in {d}", bad))
     if tied_head is not None:
         emb = tensors[hf_key(cfg.family, "backbone.embed.weight")]
         if tensors[tied_head].shape != emb.shape or not torch.equal(tensors[tied_head], emb):
-            raise CheckpointError(f"{where[tied_head]}: lm_head.weight differs from the embedding, but the config ties them")
+            raise CheckpointError(
+                f"{where[tied_head]}: lm_head.weight differs from the embedding, but the config ties them"
+            )
 
     params = dict(model.named_parameters())
     with torch.no_grad():

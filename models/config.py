@@ -18,6 +18,7 @@ __all__ = ["ModelConfig", "FAMILIES", "LAYER_KINDS"]
 FAMILIES = ("gemma2", "gemma3", "recurrentgemma", "embeddinggemma")
 LAYER_KINDS = ("global", "local", "recurrent")
 _ATTN_KINDS = ("global", "local")
+POOLINGS = ("mean", "first", "last")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class ModelConfig:
     lru_width: int = 0  # Griffin recurrent width (0 when there are no recurrent layers)
     conv_width: int = 4  # Griffin depthwise temporal conv width
     lru_c: float = 8.0  # RG-LRU: log a = -c * r * softplus(Lambda)
-    pooling: str = "mean"  # encoder pooling
+    pooling: str = "mean"  # encoder pooling over real tokens: mean | first | last
     dense_dims: tuple[int, ...] = ()  # encoder projections after pooling (no bias, identity)
     matryoshka_dims: tuple[int, ...] = ()  # encoder output sizes allowed by truncation
 
@@ -96,7 +97,7 @@ class ModelConfig:
             need(self.conv_width >= 1, f"conv_width must be >= 1, got {self.conv_width}")
             need(self.lru_c > 0, f"lru_c must be > 0, got {self.lru_c}")
         if not self.causal:
-            need(self.pooling == "mean", f"pooling must be 'mean', got {self.pooling!r}")
+            need(self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
             need("recurrent" not in self.layer_kinds, "an encoder (causal=False) cannot be recurrent")
             out = self.dense_dims[-1] if self.dense_dims else self.d_model
             need(

@@ -120,7 +120,11 @@ def config_from_hf(j: dict[str, Any], *, where: str = "config.json", allow_unkno
     if "layer_types" in j and j["layer_types"] is not None:
         bad = [t for t in j["layer_types"] if t not in _HF_KIND]
         _need(not bad, where, f"layer_types has unknown entries {bad}")
-        _need(len(j["layer_types"]) == n, where, f"layer_types has {len(j['layer_types'])} entries, num_hidden_layers is {n}")
+        _need(
+            len(j["layer_types"]) == n,
+            where,
+            f"layer_types has {len(j['layer_types'])} entries, num_hidden_layers is {n}",
+        )
         kinds = tuple(_HF_KIND[t] for t in j["layer_types"])
     elif mt == "gemma2":
         kinds = gemma2_kinds(n)

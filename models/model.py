@@ -6,6 +6,8 @@ Export-first: static shapes, explicit state, no tokenizer, sampler, no_grad or I
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -146,6 +148,17 @@ class CausalLM(nn.Module):
         return logits if state is None else (logits, new_state)
 
 
+def _pool(h: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, d) -> (B, d) over real tokens (right padding)."""
+    if how == "first":
+        return h[:, 0]
+    if how == "last":
+        last = mask.long().sum(1).clamp(min=1) - 1  # (B,)
+        return h[torch.arange(h.shape[0], device=h.device), last]
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
 class Encoder(nn.Module):
     """EmbeddingGemma: bidirectional backbone -> mean pooling -> dense projections -> L2 normalise."""
 
@@ -156,7 +169,7 @@ class Encoder(nn.Module):
         self.config = cfg
         self.backbone = Backbone(cfg)
         dims = (cfg.d_model, *cfg.dense_dims)
-        self.dense = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(dims[:-1], dims[1:]))
+        self.dense = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in pairwise(dims))
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised embeddings (B, embed_dim)."""
@@ -164,8 +177,7 @@ class Encoder(nn.Module):
         self.backbone.check_inputs(tokens, pos, None)
         mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         h, _ = self.backbone(tokens, pos, None, key_mask=mask)  # (B, T, d)
-        m = mask.unsqueeze(-1).to(h.dtype)
-        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)  # mean over real tokens
+        pooled = _pool(h, mask, self.config.pooling)
         for lin in self.dense:
             pooled = lin(pooled)
         return F.normalize(pooled, p=2, dim=-1)

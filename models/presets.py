@@ -25,6 +25,11 @@ def griffin_kinds(n: int) -> tuple[str, ...]:
     return tuple("local" if i % 3 == 2 else "recurrent" for i in range(n))
 
 
+def matryoshka_dims(out: int) -> tuple[int, ...]:
+    """EmbeddingGemma's truncation sizes (REFERENCE §3) that fit an output of ``out``."""
+    return tuple(m for m in (768, 512, 256, 128) if m <= out) or (out,)
+
+
 def _gemma2(vocab, d, n, h, kv, hd, ffn, qs, *, window=4096, ctx=8192) -> ModelConfig:
     return ModelConfig(
         family="gemma2", vocab_size=vocab, d_model=d, layer_kinds=gemma2_kinds(n), num_heads=h,
@@ -57,7 +62,8 @@ def _embedding(vocab, d, n, h, kv, hd, ffn, window, ctx, dense) -> ModelConfig:
         family="embeddinggemma", vocab_size=vocab, d_model=d, layer_kinds=gemma3_kinds(n),
         num_heads=h, num_kv_heads=kv, head_dim=hd, ffn_dim=ffn, window=window, max_seq_len=ctx,
         query_scale=float(hd), rope_base={"local": 10_000.0, "global": 1_000_000.0}, qk_norm=True,
-        causal=False, dense_dims=dense, matryoshka_dims=tuple(m for m in (768, 512, 256, 128) if m <= dense[-1]) or (dense[-1],),
+        causal=False, dense_dims=dense,
+        matryoshka_dims=matryoshka_dims(dense[-1]),
     )  # fmt: skip
 
 
@@ -81,7 +87,7 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny-gemma2": _gemma2(512, 64, 4, 4, 2, 16, 128, 16.0, window=8, ctx=256).replace(
         attn_softcap=3.0, final_softcap=5.0),
     "tiny-gemma3": _gemma3(512, 64, 6, 4, 2, 16, 128, 16.0, 8, 256, scaling=8.0, pattern=3),
-    "tiny-recurrentgemma": _griffin(512, 64, 6, 4, 192, window=8, ctx=256).replace(final_softcap=5.0),
+    "tiny-recurrentgemma": _griffin(512, 48, 6, 4, 144, window=8, ctx=256).replace(final_softcap=5.0),
     "tiny-embeddinggemma": _embedding(512, 64, 6, 4, 2, 16, 128, 8, 256, (128, 64)).replace(
         layer_kinds=gemma3_kinds(6, 3), matryoshka_dims=(64, 32, 16)),
 }  # fmt: skip

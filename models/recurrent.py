@@ -27,7 +27,17 @@ class RGLRU(nn.Module):
         self.gate_a_bias = nn.Parameter(torch.zeros(H, bw))
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        args = (x, self.gate_x_weight, self.gate_x_bias, self.gate_a_weight, self.gate_a_bias, self.a_param, pos, h0, self.c)
+        args = (
+            x,
+            self.gate_x_weight,
+            self.gate_x_bias,
+            self.gate_a_weight,
+            self.gate_a_bias,
+            self.a_param,
+            pos,
+            h0,
+            self.c,
+        )
         if self.use_custom_op:
             return torch.ops.gemma_edge.rg_lru(*args)
         return ops.rg_lru_reference(*args)

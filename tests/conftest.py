@@ -6,7 +6,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import hf_checkpoints  # noqa: E402
+import hf_checkpoints
 
 CAUSAL_PRESETS = ["tiny-gemma2", "tiny-gemma3", "tiny-recurrentgemma"]
 ALL_TINY = [*CAUSAL_PRESETS, "tiny-embeddinggemma"]

@@ -8,6 +8,7 @@ checkpoint directory and returns the transformers model for comparison.
 from __future__ import annotations
 
 import io
+from itertools import pairwise
 from pathlib import Path
 
 import sentencepiece as spm
@@ -110,15 +111,13 @@ def write_embedding(out: Path, seed: int = 0, preset: str = "tiny-embeddinggemma
     _randomise(backbone, seed)
     backbone.save_pretrained(hf_dir)
     write_tokenizer(hf_dir / "tokenizer.model")
-    tok = T.GemmaTokenizer.from_pretrained(
-        str(hf_dir), add_bos_token=True, add_eos_token=True, padding_side="right"
-    )
+    tok = T.GemmaTokenizer.from_pretrained(str(hf_dir), add_bos_token=True, add_eos_token=True, padding_side="right")
     tok.save_pretrained(hf_dir)
     transformer = stm.Transformer(str(hf_dir), model_kwargs={"attn_implementation": "eager"})
     dims = (cfg.d_model, *cfg.dense_dims)
     modules = [transformer, stm.Pooling(cfg.d_model, pooling_mode="mean")]
     g = torch.Generator().manual_seed(seed + 1)
-    for a, b in zip(dims[:-1], dims[1:]):
+    for a, b in pairwise(dims):
         dense = stm.Dense(a, b, bias=False, activation_function=torch.nn.Identity())
         with torch.no_grad():
             dense.linear.weight.copy_(torch.randn(b, a, generator=g) * 0.1)

@@ -3,9 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CAUSAL_PRESETS
 
 from gemma_edge import models
+
+from conftest import CAUSAL_PRESETS
 
 TOL = 1e-4
 SEQ = 40  # five times the tiny window of 8
@@ -44,9 +45,9 @@ def test_incremental_decode_matches_transformers_generate(hf_causal, preset):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_checkpoints_load(tmp_path, dtype):
-    import hf_checkpoints
-
     import transformers
+
+    import hf_checkpoints
 
     hf_checkpoints.write_causal("tiny-gemma3", tmp_path, dtype=dtype)
     ours = models.load(tmp_path)
@@ -83,7 +84,7 @@ def test_embeddings_match_sentence_transformers(hf_embedding):
 
 
 def test_embedding_prompts_match_sentence_transformers(hf_embedding):
-    d, st = hf_embedding
+    d, _ = hf_embedding
     tok = models.Tokenizer(d / "tokenizer.model", "embeddinggemma")
     ids, _ = tok.encode_batch(["a fox"], prompt="query")
     assert ids[0] == tok.encode(models.EMBEDDING_PROMPTS["query"] + "a fox")
