@@ -24,8 +24,22 @@ def ring_slot_positions(start: torch.Tensor, window: int) -> torch.Tensor:
     Slot s holds the latest p < start with p % window == s.
     """
     s = torch.arange(window, device=start.device)
-    p = start - 1 - torch.remainder(start - 1 - s, window)
+    # "+ window" keeps the dividend >= 0: ExecuTorch's portable int remainder follows C's sign rule.
+    p = start - 1 - torch.remainder(start - 1 - s + window, window)
     return torch.where(p >= 0, p, torch.full_like(p, -1))
+
+
+def _ring_update_index(start: torch.Tensor, T: int, window: int) -> torch.Tensor:
+    """Where each ring slot's new content lies in cat(ring, chunk) after a chunk of T at ``start``.
+
+    Slot s keeps the newest position p <= start + T - 1 with p % window == s: from the chunk (index
+    window + p - start) when p >= start, else unchanged (index s). One gather of fixed size, for any
+    T, with no data-dependent shapes.
+    """
+    s = torch.arange(window, device=start.device)
+    last = start + T - 1
+    p = last - torch.remainder(last - s + window, window)  # dividend >= 0, see ring_slot_positions
+    return torch.where(p >= start, window + p - start, s)
 
 
 class Attention(nn.Module):
@@ -77,9 +91,8 @@ class Attention(nn.Module):
             W = ck.shape[2]
             keys, values = torch.cat((ck, k), dim=2), torch.cat((cv, v), dim=2)  # (B, kvH, W+T, hd)
             k_pos = torch.cat((ring_slot_positions(pos[0], W), pos))[None, :].expand(B, W + T)
-            n = min(T, W)  # only the last W keys of a long chunk survive in the ring
-            slots = torch.remainder(pos[T - n :], W)
-            new_cache = (ck.index_copy(2, slots, k[:, :, T - n :]), cv.index_copy(2, slots, v[:, :, T - n :]))
+            idx = _ring_update_index(pos[0], T, W)
+            new_cache = (keys.index_select(2, idx), values.index_select(2, idx))
         else:  # global cache indexed by absolute position
             ck, cv = cache
             new_cache = (ck.index_copy(2, pos, k), cv.index_copy(2, pos, v))

@@ -140,12 +140,17 @@ class CausalLM(nn.Module):
             raise InputError(f"state has {len(state)} layers, the model has {self.config.num_layers}")
         self.backbone.check_inputs(tokens, pos, self.state_max_seq_len(state) if state is not None else None)
         h, new_state = self.backbone(tokens, pos, state)
+        logits = self.logits(h)
+        return logits if state is None else (logits, new_state)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, T, d) -> soft-capped fp32 logits (B, T, vocab); tied head by default."""
         w = self.backbone.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(h, w).float()  # (B, T, vocab)
+        logits = F.linear(h, w).float()
         if self.config.final_softcap:
             c = self.config.final_softcap
             logits = torch.tanh(logits / c) * c
-        return logits if state is None else (logits, new_state)
+        return logits
 
 
 def _pool(h: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention_reference", "rg_lru_reference", "sliding_window_attention", "rg_lru"]
+__all__ = ["attention_reference", "rg_lru_reference", "rg_lru_closed_form", "sliding_window_attention", "rg_lru"]
 
 
 def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, causal: bool) -> torch.Tensor:
@@ -48,18 +48,29 @@ def attention_reference(
     softcap: float,  # 0 = none
     causal: bool,
 ) -> torch.Tensor:  # (B, H, T, D)
-    rep = q.shape[1] // k.shape[1]
-    if rep > 1:  # head h reads kv head h // rep
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.repeat_interleave(rep, dim=1)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, T, S)
+    B, H, T, D = q.shape
+    kvH = k.shape[1]
+    # GQA without repeating K/V: query head h = g * rep + r reads kv head g.
+    qg = q.reshape(B, kvH, H // kvH, T, D)  # (B, kvH, rep, T, D)
+    scores = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * scale  # (B, kvH, rep, T, S)
     if softcap > 0:
         scores = torch.tanh(scores / softcap) * softcap
-    vis = _visible(q_pos, k_pos, window, causal)
+    vis = _visible(q_pos, k_pos, window, causal).unsqueeze(1)  # (B, 1, 1, T, S)
     # A finite floor rather than -inf: a fully masked row (a padded query) stays finite.
     scores = torch.where(vis, scores, torch.finfo(scores.dtype).min)
     probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return torch.matmul(probs, v)
+    return torch.matmul(probs, v.unsqueeze(2)).reshape(B, H, T, D)
+
+
+def _rg_lru_inputs(x, gate_x_weight, gate_x_bias, gate_a_weight, gate_a_bias, a_param, c):
+    """Gated input u and log a (both fp32, (B, T, L)) before resets are applied."""
+    B, T, L = x.shape
+    H = gate_x_weight.shape[0]
+    xb = x.reshape(B, T, H, L // H)
+    gx = torch.sigmoid((torch.einsum("bthi,hij->bthj", xb, gate_x_weight) + gate_x_bias).reshape(B, T, L))
+    ga = torch.sigmoid((torch.einsum("bthi,hij->bthj", xb, gate_a_weight) + gate_a_bias).reshape(B, T, L))
+    log_a = -c * ga * F.softplus(a_param)  # log a_t = -c r_t softplus(Lambda)
+    return x * gx, log_a
 
 
 def rg_lru_reference(
@@ -73,17 +84,13 @@ def rg_lru_reference(
     h0: torch.Tensor,  # (B, L) fp32 state before the chunk
     c: float,  # 8 in Griffin
 ) -> tuple[torch.Tensor, torch.Tensor]:  # y (B, T, L), h_T (B, L) fp32
-    B, T, L = x.shape
-    H = gate_x_weight.shape[0]
-    xb = x.reshape(B, T, H, L // H)
-    gx = torch.sigmoid((torch.einsum("bthi,hij->bthj", xb, gate_x_weight) + gate_x_bias).reshape(B, T, L))
-    ga = torch.sigmoid((torch.einsum("bthi,hij->bthj", xb, gate_a_weight) + gate_a_bias).reshape(B, T, L))
-    log_a = -c * ga * F.softplus(a_param)  # log a_t = -c r_t softplus(Lambda)
+    T = x.shape[1]
+    gated, log_a = _rg_lru_inputs(x, gate_x_weight, gate_x_bias, gate_a_weight, gate_a_bias, a_param, c)
     a = torch.exp(log_a)
     reset = (pos == 0)[None, :, None]  # (1, T, 1)
     # At a document start a is zeroed and the sqrt(1 - a^2) multiplier is replaced by 1.
     mult = torch.where(reset, torch.ones_like(a), torch.sqrt(1 - torch.exp(2 * log_a)))
-    u = (x * gx * mult.to(x.dtype)).float()  # (B, T, L)
+    u = (gated * mult.to(x.dtype)).float()  # (B, T, L)
     a = torch.where(reset, torch.zeros_like(a), a).float()
     h = h0.float()
     ys = []
@@ -92,6 +99,29 @@ def rg_lru_reference(
         ys.append(h)
     y = torch.stack(ys, dim=1).to(x.dtype)
     return y, h.clone()
+
+
+def rg_lru_closed_form(x, gate_x_weight, gate_x_bias, gate_a_weight, gate_a_bias, a_param, pos, h0, c):
+    """The same recurrence without a loop over time, for any (symbolic) chunk length T.
+
+    With L_t = sum_{r<=t} log a_r:  h_t = sum_{s<=t} exp(L_t - L_s) u_s + exp(L_t) h0, where terms
+    that cross a reset (pos == 0) vanish. Every exponent is <= 0 after masking, so it is stable;
+    memory is O(T^2 L), so exporters bound T (the prefill chunk).
+    """
+    gated, log_a = _rg_lru_inputs(x, gate_x_weight, gate_x_bias, gate_a_weight, gate_a_bias, a_param, c)
+    reset = (pos == 0)[None, :, None]
+    mult = torch.where(reset, torch.ones_like(log_a), torch.sqrt(1 - torch.exp(2 * log_a)))
+    u = (gated * mult.to(x.dtype)).float()  # (B, T, L)
+    cum = torch.cumsum(log_a.float(), dim=1)  # (B, T, L)
+    seg = torch.cumsum(reset[0, :, 0].to(torch.int64), dim=0)  # (T,) resets seen up to t
+    t_idx = torch.arange(pos.shape[0], device=x.device)
+    same = (t_idx[:, None] >= t_idx[None, :]) & (seg[:, None] == seg[None, :])  # (T, S)
+    diff = cum[:, :, None, :] - cum[:, None, :, :]  # (B, T, S, L)
+    decay = torch.exp(torch.where(same[None, :, :, None], diff, torch.full_like(diff, float("-inf"))))
+    y = torch.einsum("btsl,bsl->btl", decay, u)
+    carry = torch.where((seg == 0)[None, :, None], torch.exp(cum), torch.zeros_like(cum))
+    h = y + carry * h0.float()[:, None, :]
+    return h.to(x.dtype), h[:, -1].clone()
 
 
 @torch.library.custom_op("gemma_edge::sliding_window_attention", mutates_args=())
