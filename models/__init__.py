@@ -5,7 +5,7 @@ from . import ops  # registers torch.ops.gemma_edge.*
 from .build import build, init_random_, use_custom_ops
 from .checkpoint import load, read_config
 from .config import FAMILIES, LAYER_KINDS, ModelConfig
-from .errors import CheckpointError, ConfigError, GemmaEdgeError, InputError
+from .errors import ArtifactError, CheckpointError, ConfigError, ExportError, GemmaEdgeError, InputError
 from .inspect import param_counts, state_bytes
 from .model import CausalLM, Encoder
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
@@ -13,7 +13,7 @@ from .tokenizer import EMBEDDING_PROMPTS, Tokenizer
 
 __all__ = [
     "ops", "build", "init_random_", "use_custom_ops", "load", "read_config", "FAMILIES", "LAYER_KINDS",
-    "ModelConfig", "CheckpointError", "ConfigError", "GemmaEdgeError", "InputError", "param_counts",
+    "ModelConfig", "ArtifactError", "ExportError", "CheckpointError", "ConfigError", "GemmaEdgeError", "InputError", "param_counts",
     "state_bytes", "CausalLM", "Encoder", "DEFAULT_PRESET", "PRESETS", "get_preset", "EMBEDDING_PROMPTS",
     "Tokenizer",
 ]  # fmt: skip

@@ -4,9 +4,14 @@ Global layers keep a cache of ``max_seq_len`` slots indexed by absolute position
 a ring buffer of ``window`` slots (slot = position % window): a chunk attends to the ring as it was
 before the chunk plus the chunk's own keys, so a prefill longer than the window is exact while the
 state stays O(window).
+
+Everything that depends only on positions (RoPE tables, key positions, the mask, the ring's update
+index) is built once per layer kind by ``AttnContext.build`` and shared by the layers of that kind.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,7 +20,7 @@ from . import ops
 from .config import ModelConfig
 from .layers import RMSNorm, apply_rope, rope_inv_freq
 
-__all__ = ["Attention", "ring_slot_positions"]
+__all__ = ["Attention", "AttnContext", "ring_slot_positions"]
 
 
 def ring_slot_positions(start: torch.Tensor, window: int) -> torch.Tensor:
@@ -42,6 +47,36 @@ def _ring_update_index(start: torch.Tensor, T: int, window: int) -> torch.Tensor
     return torch.where(p >= start, window + p - start, s)
 
 
+@dataclass
+class AttnContext:
+    """Per-kind, per-call tensors shared by every attention layer of that kind."""
+
+    pos: torch.Tensor  # (T,) query positions
+    cos: torch.Tensor  # (T, rot)
+    sin: torch.Tensor  # (T, rot)
+    k_pos: torch.Tensor  # (B, S) key positions, -1 = not visible
+    vis: torch.Tensor  # (B, 1, 1, T, S) mask
+    ring_idx: torch.Tensor | None  # (W,) ring update gather index (local layers with a cache)
+
+    @staticmethod
+    def build(inv_freq, pos, batch: int, window: int, causal: bool, cache_len: int | None, key_mask=None):
+        T = pos.shape[0]
+        freqs = pos.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, rot/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        ring_idx = None
+        if cache_len is None:  # attend within the chunk only
+            k_pos = pos[None, :].expand(batch, T)
+            if key_mask is not None:
+                k_pos = torch.where(key_mask, k_pos, torch.full_like(k_pos, -1))
+        elif window:  # ring buffer of `cache_len` (= window) slots, then the chunk
+            k_pos = torch.cat((ring_slot_positions(pos[0], cache_len), pos))[None, :].expand(batch, cache_len + T)
+            ring_idx = _ring_update_index(pos[0], T, cache_len)
+        else:  # global cache indexed by position
+            k_pos = torch.arange(cache_len, device=pos.device)[None, :].expand(batch, cache_len)
+        vis = ops.visible_mask(pos, k_pos, window, causal)
+        return AttnContext(pos, emb.cos(), emb.sin(), k_pos, vis, ring_idx)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, kind: str) -> None:
         super().__init__()
@@ -59,8 +94,10 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=cfg.attn_out_bias)
         self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
-        inv = rope_inv_freq(hd, cfg.rotary_fraction, cfg.rope_base[kind], cfg.rope_scaling.get(kind, 1.0))
-        self.register_buffer("inv_freq", inv, persistent=False)
+
+    @staticmethod
+    def inv_freq(cfg: ModelConfig, kind: str) -> torch.Tensor:
+        return rope_inv_freq(cfg.head_dim, cfg.rotary_fraction, cfg.rope_base[kind], cfg.rope_scaling.get(kind, 1.0))
 
     def cache_len(self, max_seq_len: int) -> int:
         return min(self.window, max_seq_len) if self.window else max_seq_len
@@ -68,9 +105,8 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, T, d)
-        pos: torch.Tensor,  # (T,) absolute positions
+        ctx: AttnContext,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,  # (B, kvH, S, hd) each
-        key_mask: torch.Tensor | None = None,  # (B, T) bool, False = padding (encoder)
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
@@ -78,32 +114,23 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, pos, self.inv_freq), apply_rope(k, pos, self.inv_freq)
+        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
 
         new_cache = None
         if cache is None:
             keys, values = k, v
-            k_pos = pos[None, :].expand(B, T)
-            if key_mask is not None:
-                k_pos = torch.where(key_mask, k_pos, torch.full_like(k_pos, -1))
-        elif self.window:  # ring buffer of `window` slots
-            ck, cv = cache
-            W = ck.shape[2]
-            keys, values = torch.cat((ck, k), dim=2), torch.cat((cv, v), dim=2)  # (B, kvH, W+T, hd)
-            k_pos = torch.cat((ring_slot_positions(pos[0], W), pos))[None, :].expand(B, W + T)
-            idx = _ring_update_index(pos[0], T, W)
-            new_cache = (keys.index_select(2, idx), values.index_select(2, idx))
+        elif self.window:  # ring: attend to (ring before the chunk, chunk), then keep the newest W
+            keys, values = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)  # (B, kvH, W+T, hd)
+            new_cache = (keys.index_select(2, ctx.ring_idx), values.index_select(2, ctx.ring_idx))
         else:  # global cache indexed by absolute position
-            ck, cv = cache
-            new_cache = (ck.index_copy(2, pos, k), cv.index_copy(2, pos, v))
+            new_cache = (cache[0].index_copy(2, ctx.pos, k), cache[1].index_copy(2, ctx.pos, v))
             keys, values = new_cache
-            S = ck.shape[2]
-            k_pos = torch.arange(S, device=x.device)[None, :].expand(B, S)
 
-        args = (q, keys, values, pos, k_pos, self.window, self.scale, self.softcap, self.causal)
         if self.use_custom_op:
-            out = torch.ops.gemma_edge.sliding_window_attention(*args)
+            out = torch.ops.gemma_edge.sliding_window_attention(
+                q, keys, values, ctx.pos, ctx.k_pos, self.window, self.scale, self.softcap, self.causal
+            )
         else:
-            out = ops.attention_reference(*args)
+            out = ops.masked_attention(q, keys, values, ctx.vis, self.scale, self.softcap)
         out = out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         return self.o_proj(out), new_cache

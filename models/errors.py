@@ -1,6 +1,6 @@
 """The library's own error types: every failure a user can cause raises one of these."""
 
-__all__ = ["GemmaEdgeError", "ConfigError", "CheckpointError", "InputError"]
+__all__ = ["GemmaEdgeError", "ConfigError", "CheckpointError", "InputError", "ArtifactError", "ExportError"]
 
 
 class GemmaEdgeError(Exception):
@@ -17,3 +17,11 @@ class CheckpointError(GemmaEdgeError):
 
 class InputError(GemmaEdgeError):
     """Bad model input: token ids out of range, a sequence too long, a bad argument."""
+
+
+class ArtifactError(GemmaEdgeError):
+    """A missing, tampered or incompatible exported artifact."""
+
+
+class ExportError(GemmaEdgeError):
+    """An export that cannot be done (unsupported combination) or failed its parity check."""

@@ -48,15 +48,13 @@ def rope_inv_freq(head_dim: int, fraction: float, base: float, linear_scale: flo
     return inv / linear_scale
 
 
-def apply_rope(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE (not interleaved) on the first 2*len(inv_freq) channels of x.
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE (not interleaved) on the first ``rot`` channels of x.
 
-    x: (B, H, T, D); pos: (T,) integer positions. cos/sin are computed in fp32.
+    x: (B, H, T, D); cos/sin: (T, rot) computed in fp32 from positions (AttnContext.build).
     """
-    freqs = pos.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, rot/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (T, rot)
-    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-    rot = emb.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    rot = cos.shape[-1]
     x_rot, x_pass = x[..., :rot], x[..., rot:]
     half = rot // 2
     rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention
+from .attention import Attention, AttnContext
 from .config import ModelConfig
 from .errors import InputError
 from .layers import GeGLU, RMSNorm, embed_scale
@@ -37,8 +37,11 @@ class Block(nn.Module):
         self.mlp = GeGLU(d, cfg.ffn_dim, cfg.mlp_bias)
         self.post_ffn_norm = RMSNorm(d, eps) if cfg.post_norms else None
 
-    def forward(self, x, pos, state=None, key_mask=None):
-        h, state = self.temporal(self.pre_norm(x), pos, state, key_mask)
+    def forward(self, x, pos, state=None, key_mask=None, ctx=None):
+        if self.kind == "recurrent":
+            h, state = self.temporal(self.pre_norm(x), pos, state)
+        else:
+            h, state = self.temporal(self.pre_norm(x), ctx, state)
         if self.post_norm is not None:
             h = self.post_norm(h)
         x = x + h
@@ -55,6 +58,9 @@ class Backbone(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, k) for k in cfg.layer_kinds)
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn_kinds = sorted(set(cfg.layer_kinds) - {"recurrent"})
+        for kind in self.attn_kinds:
+            self.register_buffer(f"inv_freq_{kind}", Attention.inv_freq(cfg, kind), persistent=False)
 
     def check_inputs(self, tokens: torch.Tensor, pos: torch.Tensor, cache_len: int | None) -> None:
         """Eager-mode input checks (skipped while tracing: they need concrete values)."""
@@ -83,9 +89,16 @@ class Backbone(nn.Module):
         cfg = self.config
         x = self.embed(tokens)  # (B, T, d)
         x = x * embed_scale(cfg.d_model, x.dtype, cfg.embed_scale_bf16)
+        ctx = {}  # masks, RoPE tables and ring indices: once per attention kind, not per layer
+        for kind in self.attn_kinds:
+            first = cfg.layer_kinds.index(kind)
+            cache_len = None if state is None else state[first][0].shape[2]
+            window = cfg.window if kind == "local" else 0
+            inv = getattr(self, f"inv_freq_{kind}")
+            ctx[kind] = AttnContext.build(inv, pos, tokens.shape[0], window, cfg.causal, cache_len, key_mask)
         new_state = [] if state is not None else None
         for i, layer in enumerate(self.layers):
-            x, s = layer(x, pos, None if state is None else state[i], key_mask)
+            x, s = layer(x, pos, None if state is None else state[i], key_mask, ctx.get(layer.kind))
             if new_state is not None:
                 new_state.append(s)
         return self.final_norm(x), new_state

@@ -15,18 +15,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention_reference", "rg_lru_reference", "rg_lru_closed_form", "sliding_window_attention", "rg_lru"]
+__all__ = [
+    "attention_reference",
+    "masked_attention",
+    "visible_mask",
+    "rg_lru_reference",
+    "rg_lru_closed_form",
+    "sliding_window_attention",
+    "rg_lru",
+]
 
 
-def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, causal: bool) -> torch.Tensor:
-    """Mask (B, 1, T, S): which keys each query sees.
+def visible_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, causal: bool) -> torch.Tensor:
+    """Mask (B, 1, 1, T, S): which keys each query sees.
 
     k_pos < 0 marks an empty cache slot or a padded key. Causal: i - window < j <= i
     (window keys including self, REFERENCE §1b). Bidirectional: |i - j| <= window // 2, which is
     HF Gemma 3's rule for EmbeddingGemma (config window 512 -> distance < 257).
     """
-    qp = q_pos[None, None, :, None]  # (1, 1, T, 1)
-    kp = k_pos[:, None, None, :]  # (B, 1, 1, S)
+    qp = q_pos[None, None, None, :, None]  # (1, 1, 1, T, 1)
+    kp = k_pos[:, None, None, None, :]  # (B, 1, 1, 1, S)
     vis = kp >= 0
     if causal:
         vis = vis & (kp <= qp)
@@ -48,6 +56,17 @@ def attention_reference(
     softcap: float,  # 0 = none
     causal: bool,
 ) -> torch.Tensor:  # (B, H, T, D)
+    return masked_attention(q, k, v, visible_mask(q_pos, k_pos, window, causal), scale, softcap)
+
+
+def masked_attention(
+    q: torch.Tensor,  # (B, H, T, D)
+    k: torch.Tensor,  # (B, kvH, S, D)
+    v: torch.Tensor,  # (B, kvH, S, D)
+    vis: torch.Tensor,  # (B, 1, 1, T, S) bool, from visible_mask
+    scale: float,
+    softcap: float,
+) -> torch.Tensor:
     B, H, T, D = q.shape
     kvH = k.shape[1]
     # GQA without repeating K/V: query head h = g * rep + r reads kv head g.
@@ -55,7 +74,6 @@ def attention_reference(
     scores = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * scale  # (B, kvH, rep, T, S)
     if softcap > 0:
         scores = torch.tanh(scores / softcap) * softcap
-    vis = _visible(q_pos, k_pos, window, causal).unsqueeze(1)  # (B, 1, 1, T, S)
     # A finite floor rather than -inf: a fully masked row (a padded query) stays finite.
     scores = torch.where(vis, scores, torch.finfo(scores.dtype).min)
     probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -119,8 +137,9 @@ def rg_lru_closed_form(x, gate_x_weight, gate_x_bias, gate_a_weight, gate_a_bias
     diff = cum[:, :, None, :] - cum[:, None, :, :]  # (B, T, S, L)
     decay = torch.exp(torch.where(same[None, :, :, None], diff, torch.full_like(diff, float("-inf"))))
     y = torch.einsum("btsl,bsl->btl", decay, u)
-    carry = torch.where((seg == 0)[None, :, None], torch.exp(cum), torch.zeros_like(cum))
-    h = y + carry * h0.float()[:, None, :]
+    # where(), not a product with 0: after a reset, h0 is never read (even if it is not finite).
+    carry = torch.where((seg == 0)[None, :, None], torch.exp(cum) * h0.float()[:, None, :], torch.zeros_like(cum))
+    h = y + carry
     return h.to(x.dtype), h[:, -1].clone()
 
 

@@ -87,7 +87,7 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny-gemma2": _gemma2(512, 64, 4, 4, 2, 16, 128, 16.0, window=8, ctx=256).replace(
         attn_softcap=3.0, final_softcap=5.0),
     "tiny-gemma3": _gemma3(512, 64, 6, 4, 2, 16, 128, 16.0, 8, 256, scaling=8.0, pattern=3),
-    "tiny-recurrentgemma": _griffin(512, 48, 6, 4, 144, window=8, ctx=256).replace(final_softcap=5.0),
+    "tiny-recurrentgemma": _griffin(512, 96, 6, 4, 288, window=8, ctx=256).replace(final_softcap=5.0),
     "tiny-embeddinggemma": _embedding(512, 64, 6, 4, 2, 16, 128, 8, 256, (128, 64)).replace(
         layer_kinds=gemma3_kinds(6, 3), matryoshka_dims=(64, 32, 16)),
 }  # fmt: skip

@@ -67,7 +67,6 @@ class RecurrentBlock(nn.Module):
         x: torch.Tensor,  # (B, T, d)
         pos: torch.Tensor,  # (T,)
         state: tuple[torch.Tensor, torch.Tensor] | None = None,  # conv tail (B, w-1, L), h (B, L) fp32
-        key_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         B, T, _ = x.shape
         conv_tail, h0 = state if state is not None else self.init_state(B, x.dtype)

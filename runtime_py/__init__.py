@@ -1,1 +1,8 @@
-"""gemma_edge.runtime_py (built in later issues)."""
+"""gemma_edge.runtime_py: one Session over ExecuTorch (and, next, ONNX Runtime and LiteRT);
+parity checks and benchmarks."""
+
+from . import executorch_session  # noqa: F401  (registers the backend)
+from .sampling import Sampler
+from .session import Session, load
+
+__all__ = ["Sampler", "Session", "load"]

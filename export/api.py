@@ -1,0 +1,169 @@
+"""The export protocol: ``export(model, backend, recipe, max_seq_len, ops, out_dir)`` -> artifact dir.
+
+Steps (each reported through ``progress``): quantize, export + lower, verify, write. The artifact
+is built in a staging directory and renamed into place only after verify passes, so a failed
+export leaves nothing behind. Verify runs the artifact in its own runtime against the eager model.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gemma_edge.models import ModelConfig
+from gemma_edge.models.errors import ExportError, InputError
+from gemma_edge.quant import Recipe, parse_recipe, quantize_for_executorch
+
+from .artifact import staging_dir, write_manifest
+
+__all__ = ["export", "BACKENDS", "OPS_MODES", "default_prefill_chunk", "special_tokens"]
+
+OPS_MODES = ("portable", "fused")
+
+
+def _executorch():
+    from . import executorch_backend as b
+
+    return b
+
+
+BACKENDS: dict[str, Callable] = {"executorch": _executorch}
+
+
+def default_prefill_chunk(cfg: ModelConfig, max_seq_len: int) -> int:
+    # The RG-LRU closed form holds a (T, T, lru_width) decay tensor per chunk: keep T modest there.
+    cap = 64 if "recurrent" in cfg.layer_kinds else 128
+    return max(1, min(cap, max_seq_len))
+
+
+def special_tokens(cfg: ModelConfig, tokenizer_path: Path | None) -> dict:
+    """Gemma's ids (REFERENCE §1b): pad 0, eos 1, bos 2; Gemma 3 instruction models also stop on 106."""
+    ids = {"pad": 0, "eos": [1], "bos": 2}
+    if tokenizer_path is not None:
+        from gemma_edge.models import Tokenizer
+
+        tok = Tokenizer(tokenizer_path, cfg.family)
+        ids = {"pad": tok.pad_id, "eos": [tok.eos_id], "bos": tok.bos_id}
+    if cfg.family == "gemma3" and cfg.vocab_size > 106:
+        ids["eos"] = sorted({*ids["eos"], 106})
+    return ids
+
+
+def _eager_quantized(model: nn.Module, recipe: Recipe) -> nn.Module:
+    return quantize_for_executorch(copy.deepcopy(model).requires_grad_(False), recipe)
+
+
+def _verify_tokens(cfg: ModelConfig, max_seq_len: int, seed: int = 0) -> list[int]:
+    # Long enough to cross the local window several times where max_seq_len allows it.
+    n = min(max_seq_len, max(48, min(4 * cfg.window + 8, 96)))
+    rng = random.Random(seed)
+    return [rng.randrange(3, cfg.vocab_size) for _ in range(n)]
+
+
+def export(
+    model: nn.Module,
+    backend: str,
+    recipe: str | Recipe = "fp32",
+    max_seq_len: int = 1024,
+    ops: str = "portable",
+    out_dir: str | Path = "artifact",
+    *,
+    prefill_chunk: int | None = None,
+    group_size: int = 32,
+    tokenizer_path: str | Path | None = None,
+    verify: bool = True,
+    overwrite: bool = False,
+    source: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> Path:
+    """Export ``model`` (an eval fp32 gemma_edge model) to an artifact directory; return its path."""
+    cfg: ModelConfig = model.config
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if ops not in OPS_MODES:
+        raise InputError(f"unknown ops mode {ops!r}; known: {', '.join(OPS_MODES)}")
+    rec = parse_recipe(recipe, group_size) if isinstance(recipe, str) else recipe
+    if rec.embedding_bits is not None:
+        raise ExportError(
+            f"recipe {rec.name} on {backend}: embedding quantization is not implemented for this backend yet"
+        )
+    if not 0 < max_seq_len <= cfg.max_seq_len:
+        raise InputError(f"max_seq_len must be in 1..{cfg.max_seq_len} for this model, got {max_seq_len}")
+    chunk = prefill_chunk or default_prefill_chunk(cfg, max_seq_len)
+    if not 0 < chunk <= max_seq_len:
+        raise InputError(f"prefill_chunk must be in 1..{max_seq_len}, got {chunk}")
+    tok = Path(tokenizer_path) if tokenizer_path else None
+    if tok is not None and not tok.is_file():
+        raise InputError(f"tokenizer file {tok} does not exist")
+    b = BACKENDS[backend]()
+    special = special_tokens(cfg, tok)
+    metadata = {
+        "get_max_seq_len": chunk, "get_max_context_len": max_seq_len, "get_vocab_size": cfg.vocab_size,
+        "get_bos_id": special["bos"], "get_eos_ids": special["eos"], "use_kv_cache": True,
+        "enable_dynamic_shape": chunk > 1,
+    }  # fmt: skip
+    timings = {}
+    with staging_dir(Path(out_dir), overwrite=overwrite) as d:
+        t0 = time.perf_counter()
+        progress(f"[1/4] quantize: {rec.name}" + (" (nothing to do)" if not rec.is_quantized else ""))
+        prepared = b.prepare(model, rec, ops)
+        timings["quantize_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        progress(f"[2/4] export + lower to {backend} ({ops} ops)")
+        methods = b.lower_executorch(
+            prepared, max_seq_len=max_seq_len, prefill_chunk=chunk, metadata=metadata, recipe=rec, out=d,
+            progress=lambda m: progress(f"      {m}"),
+        )  # fmt: skip
+        timings["lower_s"] = time.perf_counter() - t0
+        if tok is not None:
+            shutil.copy(tok, d / "tokenizer.model")
+        manifest = {
+            "family": cfg.family, "config": cfg.to_dict(), "source": source, "backend": backend,
+            "runtime_version": b.runtime_version(), "model_file": b.MODEL_FILE, "recipe": rec.to_dict(),
+            "ops": ops, "max_seq_len": max_seq_len, "prefill_chunk": chunk, "methods": methods,
+            "special_tokens": special, "metadata": metadata, "export_timings": timings, "parity": None,
+        }  # fmt: skip
+        write_manifest(d, manifest)
+        if verify:
+            t0 = time.perf_counter()
+            progress("[3/4] verify against the eager model")
+            manifest["parity"] = run_verify(d, model, rec, backend)
+            timings["verify_s"] = time.perf_counter() - t0
+            if manifest["parity"]["missed"]:
+                raise ExportError(
+                    f"export to {backend} with {rec.name} failed parity: " + "; ".join(manifest["parity"]["missed"])
+                )
+        else:
+            progress("[3/4] verify skipped")
+        progress(f"[4/4] write {out_dir}")
+        write_manifest(d, manifest)
+    return Path(out_dir)
+
+
+def run_verify(artifact_dir: Path, model: nn.Module, rec: Recipe, backend: str) -> dict:
+    """Parity of the artifact in ``artifact_dir`` against ``model`` (fp32) and its eager quantization."""
+    from gemma_edge.runtime_py import load
+    from gemma_edge.runtime_py.verify import causal_parity, check, encoder_parity, thresholds_for
+
+    cfg = model.config
+    base = rec.name.split("+")[0]
+    refs = {"reference": model} if not rec.is_quantized else {
+        "lowering": _eager_quantized(model, rec), "quantization": model}  # fmt: skip
+    session = load(artifact_dir)
+    with torch.no_grad():
+        if cfg.causal:
+            results = causal_parity(session, refs, _verify_tokens(cfg, session.max_seq_len))
+        else:
+            rng = random.Random(0)
+            lengths = [5, min(session.max_seq_len, 3 * cfg.window + 2), 1]
+            inputs = [[rng.randrange(3, cfg.vocab_size) for _ in range(n)] for n in lengths]
+            results = encoder_parity(session, refs, inputs)
+    limits = thresholds_for(base, backend, cfg.causal)
+    return {"results": results, "thresholds": limits, "missed": check(results, limits)}

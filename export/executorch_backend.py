@@ -1,0 +1,168 @@
+"""ExecuTorch lowering: torch.export -> to_edge_transform_and_lower (XNNPACK) -> to_executorch.
+
+Causal LMs get one method, ``forward(tokens[1, T] int64, input_pos[1] int64) -> logits[1, vocab]``
+with T dynamic up to the prefill chunk, the state (KV rings, global caches, conv tails, RG-LRU
+states) held in mutable buffers inside the program, and the constant methods ExecuTorch's LLM
+runner reads (get_max_seq_len = prefill chunk, get_max_context_len, get_bos_id, get_eos_ids,
+get_vocab_size, use_kv_cache, enable_dynamic_shape). Only the last position's logits are computed.
+The encoder gets ``embed(tokens[1, T], attention_mask[1, T]) -> embedding[1, dim]``.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.export import Dim, export
+
+from gemma_edge.models import CausalLM, Encoder, use_custom_ops
+from gemma_edge.models.layers import RMSNorm
+from gemma_edge.quant import Recipe, quantize_for_executorch
+
+__all__ = ["ExecuTorchCausal", "ExecuTorchEncoder", "lower_executorch", "runtime_version"]
+
+MODEL_FILE = "model.pte"
+
+
+def runtime_version() -> str:
+    return version("executorch")
+
+
+class ExecuTorchCausal(nn.Module):
+    """A CausalLM with its state in (mutable, non-persistent) buffers; LLM-runner signature."""
+
+    def __init__(self, model: CausalLM, max_seq_len: int) -> None:
+        super().__init__()
+        self.model = model
+        self.arity = []
+        for i, s in enumerate(model.init_state(1, max_seq_len)):
+            self.arity.append(len(s))
+            for j, t in enumerate(s):
+                self.register_buffer(f"state_{i}_{j}", t, persistent=False)
+
+    def _state(self) -> list[tuple[torch.Tensor, ...]]:
+        return [tuple(getattr(self, f"state_{i}_{j}") for j in range(n)) for i, n in enumerate(self.arity)]
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        pos = input_pos[0] + torch.arange(tokens.shape[1], dtype=torch.int64)  # (T,)
+        h, new_state = self.model.backbone(tokens, pos, self._state())
+        for i, s in enumerate(new_state):
+            for j, t in enumerate(s):
+                getattr(self, f"state_{i}_{j}").copy_(t)
+        return self.model.logits(h[:, -1, :])  # (1, vocab): the last position only
+
+
+class ExecuTorchEncoder(nn.Module):
+    def __init__(self, model: Encoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens, attention_mask)
+
+
+def _partitioners(recipe: Recipe):
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackDynamicallyQuantizedPartitioner,
+        XnnpackPartitioner,
+    )
+
+    return ([XnnpackDynamicallyQuantizedPartitioner()] if recipe.dynamic_activations else []) + [XnnpackPartitioner()]
+
+
+class MatmulRMSNorm(nn.Module):
+    """RMSNorm with mean(x^2) as a product with a constant 1/d vector: XNNPACK runs matmuls but not
+    ``mean.dim``, so the plain form splits every layer into several delegate partitions."""
+
+    def __init__(self, norm: RMSNorm) -> None:
+        super().__init__()
+        self.eps = norm.eps
+        self.weight = norm.weight
+        self.register_buffer("inv_d", torch.full((1, norm.weight.shape[0]), 1.0 / norm.weight.shape[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        ms = F.linear(xf * xf, self.inv_d)  # (..., 1) = mean(x^2)
+        return (xf * torch.rsqrt(ms + self.eps) * (1.0 + self.weight.float())).type_as(x)
+
+
+def _swap_norms(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, RMSNorm):
+            setattr(module, name, MatmulRMSNorm(child))
+        else:
+            _swap_norms(child)
+
+
+def prepare(model: nn.Module, recipe: Recipe, ops: str) -> nn.Module:
+    """A private copy of the model, quantized per the recipe, routed through the custom ops if fused,
+    with XNNPACK-friendly norms."""
+    model = copy.deepcopy(model).eval().requires_grad_(False)
+    _swap_norms(model)
+    if recipe.is_quantized:
+        quantize_for_executorch(model, recipe)
+    if ops == "fused":
+        use_custom_ops(model)
+    return model
+
+
+def lower_executorch(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: dict, recipe: Recipe,
+                     out: Path, progress=lambda msg: None) -> dict:  # fmt: skip
+    """Export, lower and write ``out/model.pte``; return the method signatures for the manifest."""
+    import warnings
+
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    # State buffers have no serialised initial value: validity is tracked by position, so a slot is
+    # read only after it was written in the current sequence.
+    warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
+
+    cfg = model.config
+    with torch.no_grad():
+        if cfg.causal:
+            wrapper = ExecuTorchCausal(model, max_seq_len).eval()
+            example = (torch.zeros(1, min(2, prefill_chunk), dtype=torch.long), torch.tensor([0]))
+            seq = Dim("seq", min=1, max=prefill_chunk) if prefill_chunk > 1 else None
+            progress(f"torch.export (prefill chunk {prefill_chunk}, context {max_seq_len})")
+            ep = export(wrapper, example, dynamic_shapes=({1: seq} if seq else None, None), strict=False)
+            programs = {"forward": ep}
+            methods = {
+                "forward": {
+                    "inputs": [
+                        {"name": "tokens", "shape": [1, f"1..{prefill_chunk}"], "dtype": "int64"},
+                        {"name": "input_pos", "shape": [1], "dtype": "int64"},
+                    ],
+                    "outputs": [{"name": "logits", "shape": [1, cfg.vocab_size], "dtype": "float32"}],
+                }
+            }
+        else:
+            wrapper = ExecuTorchEncoder(model).eval()
+            example = (torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long))
+            seq = Dim("seq", min=1, max=max_seq_len)
+            progress(f"torch.export (up to {max_seq_len} tokens)")
+            ep = export(wrapper, example, dynamic_shapes=({1: seq}, {1: seq}), strict=False)
+            programs = {"embed": ep}
+            methods = {
+                "embed": {
+                    "inputs": [
+                        {"name": "tokens", "shape": [1, f"1..{max_seq_len}"], "dtype": "int64"},
+                        {"name": "attention_mask", "shape": [1, f"1..{max_seq_len}"], "dtype": "int64"},
+                    ],
+                    "outputs": [{"name": "embedding", "shape": [1, cfg.embed_dim], "dtype": "float32"}],
+                }
+            }
+        progress("lower to ExecuTorch (XNNPACK)")
+        edge = to_edge_transform_and_lower(
+            programs,
+            partitioner=_partitioners(recipe),
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+            constant_methods=metadata,
+        )
+        et = edge.to_executorch()
+    (out / MODEL_FILE).write_bytes(et.buffer)
+    return methods

@@ -1,0 +1,161 @@
+"""One Session over the runtimes: it owns the model state between calls.
+
+``prefill(ids)`` runs a prompt in chunks and returns the last position's logits; ``decode(id)``
+advances one token; ``generate`` samples; ``embed`` runs an encoder artifact. Inputs are checked
+before they reach the runtime (token ids, lengths), since a runtime would fail far less clearly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from gemma_edge.export.artifact import read_manifest
+from gemma_edge.models import ModelConfig, Tokenizer
+from gemma_edge.models.errors import ArtifactError, InputError
+
+from .sampling import Sampler
+
+__all__ = ["Session", "load", "register_session"]
+
+_SESSIONS: dict[str, type[Session]] = {}
+
+
+def register_session(backend: str):
+    def deco(cls):
+        _SESSIONS[backend] = cls
+        return cls
+
+    return deco
+
+
+class Session:
+    """Base class; a backend implements ``_load``, ``_forward`` (causal) and ``_embed`` (encoder)."""
+
+    def __init__(self, artifact_dir: Path, manifest: dict, threads: int | None = None) -> None:
+        self.dir = Path(artifact_dir)
+        self.manifest = manifest
+        self.config = ModelConfig.from_dict(manifest["config"])
+        self.max_seq_len = int(manifest["max_seq_len"])
+        self.prefill_chunk = int(manifest.get("prefill_chunk", 1))
+        self.special = manifest["special_tokens"]
+        tok = self.dir / "tokenizer.model"
+        self.tokenizer = Tokenizer(tok, self.config.family) if tok.exists() else None
+        self.threads = threads
+        self.pos = 0
+        self._load()
+
+    # -- backend hooks --------------------------------------------------------------------------
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """tokens (1, T) int64 at positions start.. -> last-position logits (vocab,)."""
+        raise NotImplementedError
+
+    def _embed(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _check_ids(self, ids: Sequence[int]) -> torch.Tensor:
+        t = torch.as_tensor(list(ids), dtype=torch.int64)
+        if t.numel() == 0:
+            raise InputError("no tokens given")
+        v = self.config.vocab_size
+        bad = t[(t < 0) | (t >= v)]
+        if bad.numel():
+            raise InputError(f"token id {int(bad[0])} is out of range: the model's vocab_size is {v}")
+        return t
+
+    def _need(self, causal: bool) -> None:
+        if self.config.causal != causal:
+            kind = "a causal LM" if causal else "an encoder"
+            raise InputError(f"this artifact ({self.config.family}) is not {kind}")
+
+    # -- causal LM ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start a new sequence (the state is overwritten from position 0)."""
+        self.pos = 0
+
+    def prefill(self, ids: Sequence[int], *, chunk_sizes: Sequence[int] | None = None) -> torch.Tensor:
+        """Run ``ids`` from the current position; return the last position's logits (vocab,)."""
+        self._need(causal=True)
+        t = self._check_ids(ids)
+        if self.pos + t.numel() > self.max_seq_len:
+            raise InputError(
+                f"{self.pos + t.numel()} tokens exceed this artifact's max_seq_len of {self.max_seq_len} "
+                f"({t.numel()} given at position {self.pos})"
+            )
+        sizes = list(chunk_sizes) if chunk_sizes else []
+        start, logits = 0, None
+        while start < t.numel():
+            n = sizes.pop(0) if sizes else self.prefill_chunk
+            n = min(n, self.prefill_chunk, t.numel() - start)
+            logits = self._forward(t[start : start + n][None], self.pos)
+            self.pos += n
+            start += n
+        return logits
+
+    def decode(self, token: int) -> torch.Tensor:
+        return self.prefill([token])
+
+    def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 32, sampler: Sampler | None = None,
+                 stop_tokens: Sequence[int] | None = None, on_token: Callable[[int], None] | None = None) -> list[int]:  # fmt: skip
+        """Sample up to ``max_new_tokens`` after ``prompt`` (text or ids); return the new ids."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise InputError("this artifact has no tokenizer.model: pass token ids, not text")
+            prompt = self.tokenizer.encode(prompt)
+        sampler = sampler or Sampler()
+        stops = set(self.special["eos"] if stop_tokens is None else stop_tokens)
+        self.reset()
+        logits = self.prefill(prompt)
+        out: list[int] = []
+        while len(out) < max_new_tokens and self.pos < self.max_seq_len:
+            nxt = sampler(logits)
+            out.append(nxt)
+            if on_token:
+                on_token(nxt)
+            if nxt in stops or len(out) == max_new_tokens or self.pos >= self.max_seq_len:
+                break
+            logits = self.decode(nxt)
+        return out
+
+    # -- encoder --------------------------------------------------------------------------------
+    def embed(self, texts: Sequence[str] | Sequence[Sequence[int]], *, dim: int | None = None,
+              prompt: str | None = None) -> torch.Tensor:  # fmt: skip
+        """Normalised embeddings (N, dim), one text (or id list) at a time."""
+        self._need(causal=False)
+        full = self.config.embed_dim
+        if dim is not None and dim != full and dim not in self.config.matryoshka_dims:
+            raise InputError(f"dim {dim} is not one of this model's sizes {self.config.matryoshka_dims}")
+        rows = []
+        for item in texts:
+            if isinstance(item, str):
+                if self.tokenizer is None:
+                    raise InputError("this artifact has no tokenizer.model: pass token ids, not text")
+                ids = self.tokenizer.encode_batch([item], prompt=prompt)[0][0]
+            else:
+                ids = list(item)
+            t = self._check_ids(ids)
+            if t.numel() > self.max_seq_len:
+                raise InputError(f"{t.numel()} tokens exceed this artifact's max_seq_len of {self.max_seq_len}")
+            e = self._embed(t[None], torch.ones_like(t)[None]).reshape(-1)
+            rows.append(e)
+        e = torch.stack(rows)
+        if dim is not None and dim != full:
+            e = F.normalize(e[:, :dim], dim=-1)
+        return e
+
+
+def load(artifact_dir: str | Path, *, threads: int | None = None) -> Session:
+    """Open an artifact in the runtime its manifest names (checking every file's sha256)."""
+    d = Path(artifact_dir)
+    manifest = read_manifest(d)
+    backend = manifest.get("backend")
+    if backend not in _SESSIONS:
+        raise ArtifactError(f"{d}: backend {backend!r} has no runtime here (known: {', '.join(_SESSIONS)})")
+    return _SESSIONS[backend](d, manifest, threads=threads)

@@ -1,0 +1,130 @@
+"""Parity of an artifact, run in its own runtime, against the eager PyTorch model.
+
+Causal LMs: teacher-forced logits at every position through ``decode`` (the T=1 path) and at the
+end of every chunk of a mixed-size prefill (the T>1 path): max abs and relative error, top-1
+agreement, KL(reference || artifact); then greedy generation from a prompt, where agreement is the
+fraction of steps before the first differing token. Encoders: cosine similarity per input.
+
+A quantized artifact is compared with the same model quantized in eager PyTorch (the *lowering*
+error) and with the fp32 model (the *quantization* error). THRESHOLDS is the one table of limits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["THRESHOLDS", "thresholds_for", "causal_parity", "encoder_parity", "check", "ParityFailure"]
+
+# (recipe base, backend) -> {comparison: {metric: limit}}; backend "*" is the default.
+# max_abs/kl are upper limits, top1/greedy/cosine lower limits.
+THRESHOLDS: dict[tuple[str, str], dict[str, dict[str, float]]] = {
+    ("fp32", "*"): {"reference": {"max_abs": 1e-3, "top1": 1.0, "greedy": 1.0}},
+    ("fp32", "encoder"): {"reference": {"cosine": 0.9999}},
+    ("int8", "*"): {"lowering": {"kl": 1e-3, "top1": 0.95}, "quantization": {"kl": 0.02}},
+    ("int4", "*"): {"lowering": {"kl": 1e-3, "top1": 0.95}, "quantization": {"kl": 0.1}},
+    ("8da4w", "*"): {"lowering": {"kl": 5e-3, "top1": 0.9}, "quantization": {"kl": 0.1}},
+    ("quantized", "encoder"): {"lowering": {"cosine": 0.999}, "quantization": {"cosine": 0.95}},
+}
+
+
+class ParityFailure(AssertionError):
+    pass
+
+
+def thresholds_for(recipe_base: str, backend: str, causal: bool) -> dict[str, dict[str, float]]:
+    if not causal:
+        return THRESHOLDS[("fp32" if recipe_base == "fp32" else "quantized", "encoder")]
+    return THRESHOLDS.get((recipe_base, backend)) or THRESHOLDS[(recipe_base, "*")]
+
+
+def _logit_metrics(art: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    art, ref = art.double(), ref.double()
+    err = (art - ref).abs()
+    kl = F.kl_div(art.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    return {
+        "max_abs": err.max().item(),
+        "max_rel": (err.max() / ref.abs().max().clamp(min=1e-12)).item(),
+        "top1": (art.argmax(-1) == ref.argmax(-1)).double().mean().item(),
+        "kl": kl.mean().item(),
+    }
+
+
+@torch.no_grad()
+def _eager_greedy(model: nn.Module, prompt: list[int], steps: int, max_seq_len: int) -> list[int]:
+    state = model.init_state(1, max_seq_len)
+    logits, state = model(torch.tensor([prompt]), torch.arange(len(prompt)), state)
+    out, pos = [], len(prompt)
+    for _ in range(steps):
+        nxt = int(logits[0, -1].argmax())
+        out.append(nxt)
+        logits, state = model(torch.tensor([[nxt]]), torch.tensor([pos]), state)
+        pos += 1
+    return out
+
+
+def _agreement(a: list[int], b: list[int]) -> float:
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return n / max(len(a), 1)
+
+
+@torch.no_grad()
+def causal_parity(session, references: dict[str, nn.Module], tokens: list[int], *, prompt_len: int = 8,
+                  greedy_steps: int = 64) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Metrics per reference (e.g. {"reference": fp32} or {"lowering": q, "quantization": fp32})."""
+    session.reset()
+    per_pos = torch.stack([session.decode(t) for t in tokens])  # (N, V) via T=1
+    chunks, n, i = [], len(tokens), 0
+    pattern = [3, session.prefill_chunk, 1, 2 * session.prefill_chunk + 1, 5]
+    while n > 0:  # mixed chunk sizes, some over the prefill chunk (split by the session)
+        c = min(pattern[i % len(pattern)], n)
+        chunks.append(c)
+        n, i = n - c, i + 1
+    session.reset()
+    ends, pf = [], []
+    pos = 0
+    for c in chunks:
+        pf.append(session.prefill(tokens[pos : pos + c]))
+        pos += c
+        ends.append(pos - 1)
+    pf = torch.stack(pf)
+    steps = max(0, min(greedy_steps, session.max_seq_len - prompt_len))
+    art_greedy = session.generate(tokens[:prompt_len], max_new_tokens=steps, stop_tokens=[])
+    results = {}
+    for name, model in references.items():
+        ref = model(torch.tensor([tokens]))[0]  # (N, V)
+        m = _logit_metrics(torch.cat([per_pos, pf]), torch.cat([ref, ref[ends]]))
+        ref_greedy = _eager_greedy(model, tokens[:prompt_len], steps, session.max_seq_len)
+        m["greedy"] = _agreement(art_greedy, ref_greedy)
+        m["greedy_steps"] = steps
+        results[name] = m
+    return results
+
+
+@torch.no_grad()
+def encoder_parity(session, references: dict[str, nn.Module], inputs: list[list[int]]) -> dict[str, dict[str, float]]:
+    art = session.embed(inputs)
+    results = {}
+    for name, model in references.items():
+        ref = torch.cat([model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)) for ids in inputs])
+        cos = F.cosine_similarity(art.double(), ref.double(), dim=-1)
+        results[name] = {"cosine": cos.min().item(), "max_abs": (art - ref).abs().max().item()}
+    return results
+
+
+def check(results: dict[str, dict[str, float]], limits: dict[str, dict[str, float]]) -> list[str]:
+    """Human-readable list of missed thresholds (empty when parity holds)."""
+    missed = []
+    for comparison, lims in limits.items():
+        got = results.get(comparison, {})
+        for metric, limit in lims.items():
+            v = got.get(metric, math.nan)
+            upper = metric in ("max_abs", "kl", "max_rel")
+            ok = v <= limit if upper else v >= limit
+            if not ok:
+                sign = "<=" if upper else ">="
+                missed.append(f"{comparison}.{metric} = {v:.3g}, needs {sign} {limit:g}")
+    return missed
