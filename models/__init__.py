@@ -13,7 +13,8 @@ from .tokenizer import EMBEDDING_PROMPTS, Tokenizer
 
 __all__ = [
     "ops", "build", "init_random_", "use_custom_ops", "load", "read_config", "FAMILIES", "LAYER_KINDS",
-    "ModelConfig", "ArtifactError", "ExportError", "CheckpointError", "ConfigError", "GemmaEdgeError", "InputError", "param_counts",
+    "ModelConfig", "ArtifactError", "ExportError", "CheckpointError", "ConfigError", "GemmaEdgeError", "InputError",
+    "param_counts",
     "state_bytes", "CausalLM", "Encoder", "DEFAULT_PRESET", "PRESETS", "get_preset", "EMBEDDING_PROMPTS",
     "Tokenizer",
 ]  # fmt: skip

@@ -102,8 +102,15 @@ class Session:
     def decode(self, token: int) -> torch.Tensor:
         return self.prefill([token])
 
-    def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 32, sampler: Sampler | None = None,
-                 stop_tokens: Sequence[int] | None = None, on_token: Callable[[int], None] | None = None) -> list[int]:  # fmt: skip
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_new_tokens: int = 32,
+        sampler: Sampler | None = None,
+        stop_tokens: Sequence[int] | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> list[int]:
         """Sample up to ``max_new_tokens`` after ``prompt`` (text or ids); return the new ids."""
         if isinstance(prompt, str):
             if self.tokenizer is None:

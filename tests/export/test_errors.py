@@ -26,7 +26,7 @@ def test_tampered_artifact_is_refused(artifact, tmp_path):
 
 
 def test_not_an_artifact(tmp_path):
-    with pytest.raises(ArtifactError, match="manifest.json is missing"):
+    with pytest.raises(ArtifactError, match=r"manifest\.json is missing"):
         load(tmp_path)
     with pytest.raises(ArtifactError, match="does not exist"):
         load(tmp_path / "nope")
@@ -61,7 +61,7 @@ def test_unsupported_recipe_leaves_nothing(tmp_path):
         export(model, "executorch", "int4", 32, "portable", tmp_path / "a", group_size=48, progress=lambda m: None)
     with pytest.raises(InputError, match="unknown backend 'coreml'"):
         export(model, "coreml", "fp32", 32, "portable", tmp_path / "a", progress=lambda m: None)
-    with pytest.raises(InputError, match="max_seq_len must be in 1..256"):
+    with pytest.raises(InputError, match=r"max_seq_len must be in 1\.\.256"):
         export(model, "executorch", "fp32", 1000, "portable", tmp_path / "a", progress=lambda m: None)
     assert list(tmp_path.iterdir()) == []
 
