@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.export import Dim, export
 
+from gemma_edge.export import kernels  # noqa: F401  (.out variants the emitter substitutes in fused mode)
 from gemma_edge.models import CausalLM, Encoder, use_custom_ops
 from gemma_edge.models.layers import RMSNorm
 from gemma_edge.quant import Recipe, quantize_for_executorch

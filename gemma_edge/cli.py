@@ -1,26 +1,58 @@
-"""The gemma-edge command line: a thin layer over the Python API."""
+"""The gemma-edge command line: a thin layer over the Python API.
+
+gemma-edge inspect [PRESET_OR_CHECKPOINT]
+gemma-edge export PRESET_OR_CHECKPOINT --backend executorch --quant 8da4w --max-seq-len N --ops portable -o DIR
+gemma-edge verify ARTIFACT [--reference PRESET_OR_CHECKPOINT]
+gemma-edge bench ARTIFACT --profile NAME
+gemma-edge demo [PRESET_OR_CHECKPOINT]      (the main job: export, verify, bench, one summary)
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
-from gemma_edge.models.errors import GemmaEdgeError
+from gemma_edge.models.errors import GemmaEdgeError, InputError
 
 
-def _model_config(source: str, allow_unknown: bool):
+def _resolve(source: str, seed: int, allow_unknown: bool = False):
+    """A preset name (random init with ``seed``) or a checkpoint directory -> (model, tokenizer, source)."""
     from gemma_edge import models
 
-    if Path(source).exists():
-        return models.read_config(source, allow_unknown_keys=allow_unknown)
-    return models.get_preset(source)
+    p = Path(source)
+    if p.exists():
+        model = models.load(p, allow_unknown_keys=allow_unknown)
+        tok = p / "tokenizer.model"
+        return model, (tok if tok.exists() else None), {"checkpoint": str(p.resolve())}
+    if source not in models.PRESETS:
+        raise InputError(f"{source!r} is neither a checkpoint directory nor a preset ({', '.join(models.PRESETS)})")
+    return models.build(source, seed=seed), None, {"preset": source, "seed": seed}
+
+
+def _reference_from_manifest(manifest: dict, override: str | None, seed: int):
+    if override:
+        return _resolve(override, seed)[0]
+    src = manifest.get("source") or {}
+    if "preset" in src:
+        return _resolve(src["preset"], src.get("seed", 0))[0]
+    if "checkpoint" in src and Path(src["checkpoint"]).exists():
+        return _resolve(src["checkpoint"], seed)[0]
+    raise InputError("the manifest names no reachable source model: pass --reference PRESET_OR_CHECKPOINT")
 
 
 def cmd_inspect(args) -> int:
+    from gemma_edge import models
     from gemma_edge.models.inspect import summary_rows
 
-    cfg = _model_config(args.model, args.allow_unknown_keys)
+    p = Path(args.model)
+    cfg = (
+        models.read_config(p, allow_unknown_keys=args.allow_unknown_keys)
+        if p.exists()
+        else models.get_preset(args.model)
+    )
     rows = summary_rows(cfg)
     w = max(len(k) for k, _ in rows)
     print(f"{args.model}  ({cfg.family})")
@@ -37,10 +69,101 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _do_export(args, source: str, out: Path) -> Path:
+    from gemma_edge.export import export
+
+    t0 = time.perf_counter()
+    print(f"[0/4] load {source}")
+    model, tok, src = _resolve(source, args.seed, getattr(args, "allow_unknown_keys", False))
+    return export(
+        model, args.backend, args.quant, args.max_seq_len, args.ops, out, prefill_chunk=args.prefill_chunk,
+        group_size=args.group_size, tokenizer_path=tok, verify=not args.no_verify, overwrite=args.overwrite,
+        source=src, progress=lambda m: print(f"{time.perf_counter() - t0:7.1f}s {m}", flush=True),
+    )  # fmt: skip
+
+
+def cmd_export(args) -> int:
+    d = _do_export(args, args.model, Path(args.output))
+    m = json.loads((d / "manifest.json").read_text())
+    if m["parity"]:
+        print(json.dumps(m["parity"]["results"], indent=2))
+    print(f"wrote {d}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from gemma_edge.export import read_manifest, run_verify
+    from gemma_edge.quant import Recipe
+
+    m = read_manifest(Path(args.artifact))
+    model = _reference_from_manifest(m, args.reference, args.seed)
+    res = run_verify(Path(args.artifact), model, Recipe.from_dict(m["recipe"]), m["backend"])
+    print(json.dumps(res["results"], indent=2))
+    if res["missed"]:
+        print("parity FAILED: " + "; ".join(res["missed"]), file=sys.stderr)
+        return 1
+    print("parity OK")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from gemma_edge.runtime_py.bench import benchmark, markdown, write_reports
+
+    res = benchmark(args.artifact, args.profile, repeats=args.repeats)
+    out = Path(args.output or Path(args.artifact) / "bench")
+    paths = write_reports(res, out)
+    print(markdown(res))
+    print("reports: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The main job: export the default model to .pte with 8da4w, verify, benchmark, summarise."""
+    from gemma_edge.runtime_py.bench import benchmark, markdown, write_reports
+
+    t0 = time.perf_counter()
+    out = Path(args.output)
+    args.overwrite = True
+    d = _do_export(args, args.model, out)
+    res = benchmark(d, args.profile, repeats=args.repeats, progress=lambda m: print(f"        {m}", flush=True))
+    write_reports(res, d / "bench")
+    m = json.loads((d / "manifest.json").read_text())
+    print()
+    print(markdown(res))
+    par = m["parity"]
+    if par:
+        for name, r in par["results"].items():
+            print(f"parity vs {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in r.items()))
+    print(f"\nartifact {d}  ·  reports {d / 'bench'}  ·  total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _export_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
+    from gemma_edge.models import DEFAULT_PRESET
+
+    p.add_argument("model", nargs="?" if demo else None, default=DEFAULT_PRESET, help="preset name or checkpoint dir")
+    p.add_argument("--backend", default="executorch", choices=["executorch"])
+    p.add_argument("--quant", default="8da4w", help="fp32 | int8 | int4 | 8da4w (default 8da4w)")
+    p.add_argument("--max-seq-len", type=int, default=1024)
+    p.add_argument("--ops", default="portable", choices=["portable", "fused"])
+    p.add_argument("--prefill-chunk", type=int, default=None)
+    p.add_argument("--group-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="random-init seed when MODEL is a preset")
+    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--allow-unknown-keys", action="store_true")
+    if demo:
+        p.add_argument("-o", "--output", default="artifacts/demo")
+        p.add_argument("--profile", default="phone-mid")
+        p.add_argument("--repeats", type=int, default=3)
+    else:
+        p.add_argument("-o", "--output", required=True)
+        p.add_argument("--overwrite", action="store_true")
+
+
 def main(argv: list[str] | None = None) -> int:
     from gemma_edge.models import DEFAULT_PRESET
 
-    p = argparse.ArgumentParser(prog="gemma-edge", description=__doc__)
+    p = argparse.ArgumentParser(prog="gemma-edge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("inspect", help="config, parameter counts and state memory of a preset or checkpoint")
@@ -48,6 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--allow-unknown-keys", action="store_true", help="warn on unknown config.json keys")
     i.set_defaults(fn=cmd_inspect)
     sub.add_parser("presets", help="list the built-in presets").set_defaults(fn=cmd_presets)
+    e = sub.add_parser("export", help="export a preset or checkpoint to an artifact directory")
+    _export_args(e)
+    e.set_defaults(fn=cmd_export)
+    v = sub.add_parser("verify", help="parity of an artifact in its runtime against the eager model")
+    v.add_argument("artifact")
+    v.add_argument("--reference", help="preset or checkpoint (default: the manifest's source)")
+    v.add_argument("--seed", type=int, default=0)
+    v.set_defaults(fn=cmd_verify)
+    b = sub.add_parser("bench", help="latency, throughput and memory of an artifact under a device profile")
+    b.add_argument("artifact")
+    b.add_argument("--profile", default="phone-mid")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("-o", "--output", help="report directory (default ARTIFACT/bench)")
+    b.set_defaults(fn=cmd_bench)
+    dm = sub.add_parser("demo", help="the main job: export (8da4w .pte), verify, benchmark, summary")
+    _export_args(dm, demo=True)
+    dm.set_defaults(fn=cmd_demo)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

@@ -13,12 +13,14 @@ from conftest import CAUSAL_PRESETS
 
 FAST = [(p, "fp32", "portable") for p in [*CAUSAL_PRESETS, "tiny-embeddinggemma"]] + [
     ("tiny-gemma3", "8da4w", "portable"),
+    ("tiny-gemma2", "fp32", "fused"),
+    ("tiny-recurrentgemma", "fp32", "fused"),
 ]
 FULL = [
     (p, r, o)
     for p in [*CAUSAL_PRESETS, "tiny-embeddinggemma"]
     for r in ("fp32", "8da4w")
-    for o in ("portable",)
+    for o in ("portable", "fused")
     if (p, r, o) not in FAST
 ]
 

@@ -1,0 +1,171 @@
+// ExecuTorch CPU kernels for gemma_edge's two custom ops (fp32). Semantics are those of the eager
+// reference functions in models/ops.py; tests hold the two together.
+#include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
+#include <executorch/runtime/kernel/kernel_includes.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace gemma_edge {
+
+using executorch::aten::ScalarType;
+using executorch::aten::Tensor;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+using executorch::runtime::KernelRuntimeContext;
+using executorch::runtime::Span;
+
+namespace {
+
+// Key j (absolute position kp) is visible to query position qp: causal i - W < j <= i, or
+// bidirectional |i - j| <= W / 2; W == 0 means no window; kp < 0 marks an empty slot or padding.
+inline bool visible(int64_t qp, int64_t kp, int64_t window, bool causal) {
+  if (kp < 0) return false;
+  if (causal) return kp <= qp && (window == 0 || qp - kp < window);
+  return window == 0 || std::llabs(qp - kp) <= window / 2;
+}
+
+}  // namespace
+
+// q (B, H, T, D), k/v (B, kvH, S, D), q_pos (T,), k_pos (B, S) -> out (B, H, T, D)
+Tensor& sliding_window_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k,
+                                     const Tensor& v, const Tensor& q_pos, const Tensor& k_pos,
+                                     int64_t window, double scale, double softcap, bool causal,
+                                     Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == ScalarType::Float &&
+                               v.scalar_type() == ScalarType::Float, InvalidArgument, out,
+                      "gemma_edge::sliding_window_attention: fp32 q/k/v expected");
+  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k_pos.dim() == 2, InvalidArgument,
+                      out, "gemma_edge::sliding_window_attention: q/k/v must be 4-D, k_pos 2-D");
+  ET_KERNEL_CHECK_MSG(ctx, q_pos.scalar_type() == ScalarType::Long && k_pos.scalar_type() == ScalarType::Long,
+                      InvalidArgument, out, "gemma_edge::sliding_window_attention: int64 positions expected");
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok, InvalidArgument, out);
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t kvH = k.size(1), S = k.size(2);
+  ET_KERNEL_CHECK_MSG(ctx, kvH > 0 && H % kvH == 0 && k.size(3) == D && v.size(2) == S, InvalidArgument, out,
+                      "gemma_edge::sliding_window_attention: shape mismatch");
+  const int64_t rep = H / kvH;
+  const float* qd = q.const_data_ptr<float>();
+  const float* kd = k.const_data_ptr<float>();
+  const float* vd = v.const_data_ptr<float>();
+  const int64_t* qpd = q_pos.const_data_ptr<int64_t>();
+  const int64_t* kpd = k_pos.const_data_ptr<int64_t>();
+  float* od = out.mutable_data_ptr<float>();
+  std::vector<float> score(S);
+  std::vector<double> acc(D);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / rep;
+      const float* kb = kd + ((b * kvH + g) * S) * D;
+      const float* vb = vd + ((b * kvH + g) * S) * D;
+      for (int64_t t = 0; t < T; ++t) {
+        const float* qv = qd + ((b * H + h) * T + t) * D;
+        float* o = od + ((b * H + h) * T + t) * D;
+        const int64_t qp = qpd[t];
+        float mx = -std::numeric_limits<float>::infinity();
+        int64_t n_vis = 0;
+        for (int64_t s = 0; s < S; ++s) {
+          if (!visible(qp, kpd[b * S + s], window, causal)) {
+            score[s] = -std::numeric_limits<float>::infinity();
+            continue;
+          }
+          const float* kv = kb + s * D;
+          float dot = 0.f;
+          for (int64_t d = 0; d < D; ++d) dot += qv[d] * kv[d];
+          float z = dot * static_cast<float>(scale);
+          if (softcap > 0) z = static_cast<float>(softcap) * std::tanh(z / static_cast<float>(softcap));
+          score[s] = z;
+          mx = std::max(mx, z);
+          ++n_vis;
+        }
+        std::fill(acc.begin(), acc.end(), 0.0);
+        double total = 0.0;
+        for (int64_t s = 0; s < S; ++s) {
+          // No visible key (a padded query): the reference's finite floor gives equal weights.
+          const double p = n_vis ? (std::isinf(score[s]) ? 0.0 : std::exp(double(score[s]) - mx)) : 1.0;
+          if (p == 0.0) continue;
+          total += p;
+          const float* vv = vb + s * D;
+          for (int64_t d = 0; d < D; ++d) acc[d] += p * vv[d];
+        }
+        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<float>(acc[d] / total);
+      }
+    }
+  }
+  return out;
+}
+
+// x (B, T, L); gates (H, L/H, L/H) + (H, L/H); a_param (L,); pos (T,); h0 (B, L) -> y (B, T, L), h (B, L)
+void rg_lru_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gxw, const Tensor& gxb,
+                const Tensor& gaw, const Tensor& gab, const Tensor& a_param, const Tensor& pos, const Tensor& h0,
+                double c, Tensor& y, Tensor& h_out) {
+  ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float && h0.scalar_type() == ScalarType::Float,
+                      InvalidArgument, , "gemma_edge::rg_lru: fp32 x and h0 expected");
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(y, x.sizes()) == Error::Ok, InvalidArgument, );
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(h_out, h0.sizes()) == Error::Ok, InvalidArgument, );
+  const int64_t B = x.size(0), T = x.size(1), L = x.size(2), H = gxw.size(0), bw = L / H;
+  const float* xd = x.const_data_ptr<float>();
+  const float* wx = gxw.const_data_ptr<float>();
+  const float* bx = gxb.const_data_ptr<float>();
+  const float* wa = gaw.const_data_ptr<float>();
+  const float* ba = gab.const_data_ptr<float>();
+  const float* lam = a_param.const_data_ptr<float>();
+  const int64_t* pd = pos.const_data_ptr<int64_t>();
+  const float* h0d = h0.const_data_ptr<float>();
+  float* yd = y.mutable_data_ptr<float>();
+  float* hd = h_out.mutable_data_ptr<float>();
+  std::vector<float> sp(L);
+  for (int64_t l = 0; l < L; ++l) sp[l] = lam[l] > 20.f ? lam[l] : std::log1p(std::exp(lam[l]));  // softplus
+  std::vector<float> gx(L), ga(L);
+  for (int64_t b = 0; b < B; ++b) {
+    float* h = hd + b * L;
+    std::copy(h0d + b * L, h0d + (b + 1) * L, h);
+    for (int64_t t = 0; t < T; ++t) {
+      const float* xt = xd + (b * T + t) * L;
+      for (int64_t head = 0; head < H; ++head) {  // block-diagonal gates: x_head @ W[head] + b[head]
+        for (int64_t j = 0; j < bw; ++j) {
+          float sx = bx[head * bw + j], sa = ba[head * bw + j];
+          for (int64_t i = 0; i < bw; ++i) {
+            const float xi = xt[head * bw + i];
+            sx += xi * wx[(head * bw + i) * bw + j];
+            sa += xi * wa[(head * bw + i) * bw + j];
+          }
+          gx[head * bw + j] = 1.f / (1.f + std::exp(-sx));
+          ga[head * bw + j] = 1.f / (1.f + std::exp(-sa));
+        }
+      }
+      const bool reset = pd[t] == 0;
+      float* yt = yd + (b * T + t) * L;
+      for (int64_t l = 0; l < L; ++l) {
+        const float log_a = static_cast<float>(-c) * ga[l] * sp[l];
+        const float mult = reset ? 1.f : std::sqrt(1.f - std::exp(2.f * log_a));
+        const float a = reset ? 0.f : std::exp(log_a);
+        h[l] = a * h[l] + xt[l] * gx[l] * mult;
+        yt[l] = h[l];
+      }
+    }
+  }
+}
+
+namespace {
+
+// rg_lru.out returns two tensors, which the unboxed registration macro cannot express. The boxed
+// stack holds the 9 inputs, then y and h, then the aggregate return (a duplicate, ignored).
+void rg_lru_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  ET_KERNEL_CHECK_MSG(ctx, stack.size() == 12, InvalidProgram, , "gemma_edge::rg_lru.out: expected 12 stack "
+                      "entries, got %zu", static_cast<size_t>(stack.size()));
+  rg_lru_out(ctx, stack[0]->toTensor(), stack[1]->toTensor(), stack[2]->toTensor(), stack[3]->toTensor(),
+             stack[4]->toTensor(), stack[5]->toTensor(), stack[6]->toTensor(), stack[7]->toTensor(),
+             stack[8]->toDouble(), stack[9]->toTensor(), stack[10]->toTensor());
+}
+
+const auto rg_lru_registration = executorch::runtime::register_kernel(
+    executorch::runtime::Kernel("gemma_edge::rg_lru.out", rg_lru_out_boxed));
+
+}  // namespace
+}  // namespace gemma_edge
+
+EXECUTORCH_LIBRARY(gemma_edge, "sliding_window_attention.out", gemma_edge::sliding_window_attention_out);

@@ -1,0 +1,88 @@
+"""The compiled ExecuTorch kernels against the eager reference functions, one op per program."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.export import Dim, export
+
+from gemma_edge.export.kernels import load_executorch_kernels
+from gemma_edge.models import ops
+
+G = torch.Generator().manual_seed(0)
+
+
+def _run_pte(module, args, dynamic_shapes, tmp_path, inputs_list):
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    load_executorch_kernels()
+    ep = export(module, args, dynamic_shapes=dynamic_shapes)
+    et = to_edge_transform_and_lower(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False)).to_executorch()
+    assert any("gemma_edge" in str(op.name) for op in et.executorch_program.execution_plan[0].operators)
+    path = tmp_path / "op.pte"
+    path.write_bytes(et.buffer)
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    return [method.execute(list(x)) for x in inputs_list]
+
+
+class _Attn(torch.nn.Module):
+    def __init__(self, window, softcap, causal):
+        super().__init__()
+        self.window, self.softcap, self.causal = window, softcap, causal
+
+    def forward(self, q, k, v, q_pos, k_pos):
+        return torch.ops.gemma_edge.sliding_window_attention(q, k, v, q_pos, k_pos, self.window, 0.25, self.softcap,
+                                                             self.causal)  # fmt: skip
+
+
+@pytest.mark.parametrize("window, softcap, causal", [(0, 0.0, True), (4, 3.0, True), (6, 0.0, False), (0, 0.0, False)])
+def test_attention_kernel_matches_reference(tmp_path, window, softcap, causal):
+    def inputs(T, S):
+        q, k, v = (torch.randn(1, 4, T, 16, generator=G), torch.randn(1, 2, S, 16, generator=G),
+                   torch.randn(1, 2, S, 16, generator=G))  # fmt: skip
+        k_pos = torch.arange(S)[None].clone()
+        k_pos[0, :2] = -1  # empty slots
+        if not causal:
+            k_pos[0, -3:] = -1  # padding; the last query sees nothing at all when T == S == 1
+        return q, k, v, torch.arange(S - T, S), k_pos
+
+    T, S = Dim("T", min=1, max=8), Dim("S", min=2, max=24)
+    dyn = ({2: T}, {2: S}, {2: S}, {0: T}, {1: S})
+    cases = [inputs(1, 12), inputs(5, 12), inputs(8, 24), inputs(3, 3)]
+    outs = _run_pte(_Attn(window, softcap, causal), inputs(4, 12), dyn, tmp_path, cases)
+    for args, out in zip(cases, outs):
+        ref = ops.attention_reference(*args, window, 0.25, softcap, causal)
+        assert (out[0] - ref).abs().max().item() < 1e-5
+
+
+class _LRU(torch.nn.Module):
+    def forward(self, x, wx, bx, wa, ba, lam, pos, h0):
+        return torch.ops.gemma_edge.rg_lru(x, wx, bx, wa, ba, lam, pos, h0, 8.0)
+
+
+def test_rg_lru_kernel_matches_reference(tmp_path):
+    def inputs(T, pos):
+        return (torch.randn(2, T, 16, generator=G), torch.randn(4, 4, 4, generator=G) * 0.3,
+                torch.randn(4, 4, generator=G) * 0.3, torch.randn(4, 4, 4, generator=G) * 0.3,
+                torch.randn(4, 4, generator=G) * 0.3, torch.randn(16, generator=G), torch.tensor(pos),
+                torch.randn(2, 16, generator=G))  # fmt: skip
+
+    T = Dim("T", min=1, max=16)
+    dyn = ({1: T}, None, None, None, None, None, {0: T}, None)
+    cases = [inputs(6, [4, 5, 6, 0, 1, 2]), inputs(1, [9]), inputs(16, list(range(16)))]
+    outs = _run_pte(_LRU(), inputs(3, [1, 2, 3]), dyn, tmp_path, cases)
+    for args, (y, h) in zip(cases, outs):
+        ry, rh = ops.rg_lru_reference(*args, 8.0)
+        assert (y - ry).abs().max().item() < 1e-5 and (h - rh).abs().max().item() < 1e-5
+
+
+def test_missing_kernel_library_is_a_clear_error(artifact, tmp_path):
+    d = artifact("tiny-recurrentgemma", "fp32", "fused")
+    code = f"from gemma_edge.runtime_py import load; load({str(d)!r})"
+    env = {**os.environ, "GEMMA_EDGE_EXECUTORCH_KERNELS": str(tmp_path / "absent.so")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode != 0
+    assert f"GEMMA_EDGE_EXECUTORCH_KERNELS points at {tmp_path / 'absent.so'}, which does not exist" in r.stderr
