@@ -127,8 +127,7 @@ def benchmark(artifact_dir: str | Path, profile: str = "phone-mid", *, repeats: 
             s.prefill(ids(ctx))
             for _ in range(repeats):
                 s.pos = ctx  # decode the same positions each repeat: the state before ctx is unchanged
-                tok = 5
-                t, _ = _timed(lambda: [s.decode(tok) for _ in range(decode_steps)])
+                t, _ = _timed(lambda: [s.decode(5) for _ in range(decode_steps)])
                 rates.append(decode_steps / t)
             res["decode_tok_s"][ctx] = _stats(rates)
             progress(f"decode at context {ctx}: {res['decode_tok_s'][ctx]['median']:.1f} tok/s")
@@ -196,7 +195,8 @@ def markdown(res: dict) -> str:
     lines += [
         f"| peak RSS (process) | {res['peak_rss_mib']:.0f} MiB (budget {res['profile']['memory_budget_mib']} MiB:"
         f" {'within' if res['within_budget'] else 'OVER'}) |",
-        f"| RSS added by the model | {res['model_rss_mib']:.0f} MiB ({res['model_rss_mib'] * 2**20 / res['model_file_bytes']:.2f}× the model file) |",
+        f"| RSS added by the model | {res['model_rss_mib']:.0f} MiB "
+        f"({res['model_rss_mib'] * 2**20 / res['model_file_bytes']:.2f}× the model file) |",
         f"| copy bandwidth ({a['threads_used']} threads) | {res['copy_bandwidth_gbs']:.1f} GB/s |",
         "",
     ]

@@ -89,7 +89,7 @@ def build_executorch_kernels(force: bool = False, progress=lambda m: None) -> Pa
     work.mkdir(parents=True)
     for name in _SOURCES:
         shutil.copy(_SRC / name, work / name)
-    prefix = Path(list(executorch.__path__)[0])  # a namespace package: no __file__
+    prefix = Path(next(iter(executorch.__path__)))  # a namespace package: no __file__
     progress(f"building ExecuTorch kernels in {work}")
     for cmd in (
         [
