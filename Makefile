@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/gemma-edge inspect
+	$(VENV)/bin/gemma-edge demo
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

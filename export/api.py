@@ -7,7 +7,6 @@ export leaves nothing behind. Verify runs the artifact in its own runtime agains
 
 from __future__ import annotations
 
-import copy
 import random
 import shutil
 import time
@@ -19,7 +18,7 @@ from torch import nn
 
 from gemma_edge.models import ModelConfig
 from gemma_edge.models.errors import ExportError, InputError
-from gemma_edge.quant import Recipe, parse_recipe, quantize_for_executorch
+from gemma_edge.quant import Recipe, parse_recipe
 
 from .artifact import staging_dir, write_manifest
 
@@ -56,8 +55,9 @@ def special_tokens(cfg: ModelConfig, tokenizer_path: Path | None) -> dict:
     return ids
 
 
-def _eager_quantized(model: nn.Module, recipe: Recipe) -> nn.Module:
-    return quantize_for_executorch(copy.deepcopy(model).requires_grad_(False), recipe)
+def _eager_quantized(model: nn.Module, rec: Recipe, backend: str) -> nn.Module:
+    """The eager model as the backend prepares it (quantized, head untied where needed)."""
+    return BACKENDS[backend]().prepare(model, rec, "portable")
 
 
 def _verify_tokens(cfg: ModelConfig, max_seq_len: int, seed: int = 0) -> list[int]:
@@ -80,20 +80,26 @@ def export(
     tokenizer_path: str | Path | None = None,
     verify: bool = True,
     overwrite: bool = False,
+    inplace: bool = False,
+    reference: Callable[[], nn.Module] | None = None,
     source: str | None = None,
     progress: Callable[[str], None] = print,
 ) -> Path:
-    """Export ``model`` (an eval fp32 gemma_edge model) to an artifact directory; return its path."""
+    """Export ``model`` (an eval fp32 gemma_edge model) to an artifact directory; return its path.
+
+    ``inplace=True`` quantizes ``model`` itself instead of a copy, halving peak memory for large
+    models; the caller must not use it afterwards. Verify then needs ``reference``, a function that
+    rebuilds the fp32 model (from a checkpoint, or a preset and seed), called after lowering.
+    """
     cfg: ModelConfig = model.config
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if ops not in OPS_MODES:
         raise InputError(f"unknown ops mode {ops!r}; known: {', '.join(OPS_MODES)}")
     rec = parse_recipe(recipe, group_size) if isinstance(recipe, str) else recipe
-    if rec.embedding_bits is not None:
-        raise ExportError(
-            f"recipe {rec.name} on {backend}: embedding quantization is not implemented for this backend yet"
-        )
+    if rec.embedding_bits is not None and not cfg.causal:
+        base = rec.name.split("+")[0]
+        raise ExportError(f"recipe {rec.name}: embedding quantization is for causal LMs (EmbeddingGemma: use {base})")
     if not 0 < max_seq_len <= cfg.max_seq_len:
         raise InputError(f"max_seq_len must be in 1..{cfg.max_seq_len} for this model, got {max_seq_len}")
     chunk = prefill_chunk or default_prefill_chunk(cfg, max_seq_len)
@@ -102,6 +108,10 @@ def export(
     tok = Path(tokenizer_path) if tokenizer_path else None
     if tok is not None and not tok.is_file():
         raise InputError(f"tokenizer file {tok} does not exist")
+    if inplace and verify and reference is None:
+        raise InputError(
+            "inplace=True consumes the fp32 model verify compares against: pass reference= or verify=False"
+        )
     b = BACKENDS[backend]()
     special = special_tokens(cfg, tok)
     metadata = {
@@ -113,7 +123,7 @@ def export(
     with staging_dir(Path(out_dir), overwrite=overwrite) as d:
         t0 = time.perf_counter()
         progress(f"[1/4] quantize: {rec.name}" + (" (nothing to do)" if not rec.is_quantized else ""))
-        prepared = b.prepare(model, rec, ops)
+        prepared = b.prepare(model, rec, ops, copy_model=not inplace)
         timings["quantize_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         progress(f"[2/4] export + lower to {backend} ({ops} ops)")
@@ -134,7 +144,9 @@ def export(
         if verify:
             t0 = time.perf_counter()
             progress("[3/4] verify against the eager model")
-            manifest["parity"] = run_verify(d, model, rec, backend)
+            eager_q = prepared if rec.is_quantized else None  # the prepared model is the eager quantized one
+            fp32 = reference() if inplace else model
+            manifest["parity"] = run_verify(d, fp32, rec, backend, eager_quantized=eager_q)
             timings["verify_s"] = time.perf_counter() - t0
             if manifest["parity"]["missed"]:
                 raise ExportError(
@@ -147,15 +159,19 @@ def export(
     return Path(out_dir)
 
 
-def run_verify(artifact_dir: Path, model: nn.Module, rec: Recipe, backend: str) -> dict:
-    """Parity of the artifact in ``artifact_dir`` against ``model`` (fp32) and its eager quantization."""
+def run_verify(artifact_dir: Path, model: nn.Module, rec: Recipe, backend: str, eager_quantized=None) -> dict:
+    """Parity of the artifact in ``artifact_dir`` against ``model`` (fp32) and its eager quantization
+    (``eager_quantized``, or quantized here from ``model``)."""
     from gemma_edge.runtime_py import load
     from gemma_edge.runtime_py.verify import causal_parity, check, encoder_parity, thresholds_for
 
     cfg = model.config
     base = rec.name.split("+")[0]
-    refs = {"reference": model} if not rec.is_quantized else {
-        "lowering": _eager_quantized(model, rec), "quantization": model}  # fmt: skip
+    if rec.is_quantized:
+        lowering = eager_quantized if eager_quantized is not None else _eager_quantized(model, rec, backend)
+        refs = {"lowering": lowering, "quantization": model}
+    else:
+        refs = {"reference": model}
     session = load(artifact_dir)
     with torch.no_grad():
         if cfg.causal:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.export import Dim, export
 
 from gemma_edge.export import kernels  # noqa: F401  (.out variants the emitter substitutes in fused mode)
-from gemma_edge.models import CausalLM, Encoder, use_custom_ops
+from gemma_edge.models import CausalLM, Encoder, untie_head, use_custom_ops
 from gemma_edge.models.layers import RMSNorm
 from gemma_edge.quant import Recipe, quantize_for_executorch
 
@@ -99,11 +99,13 @@ def _swap_norms(module: nn.Module) -> None:
             _swap_norms(child)
 
 
-def prepare(model: nn.Module, recipe: Recipe, ops: str) -> nn.Module:
-    """A private copy of the model, quantized per the recipe, routed through the custom ops if fused,
-    with XNNPACK-friendly norms."""
-    model = copy.deepcopy(model).eval().requires_grad_(False)
+def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True) -> nn.Module:
+    """The model (a private copy unless ``copy_model`` is False) quantized per the recipe, routed
+    through the custom ops if fused, with XNNPACK-friendly norms."""
+    model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     _swap_norms(model)
+    if recipe.embedding_bits is not None:
+        untie_head(model)
     if recipe.is_quantized:
         quantize_for_executorch(model, recipe)
     if ops == "fused":
@@ -116,7 +118,7 @@ def lower_executorch(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, 
     """Export, lower and write ``out/model.pte``; return the method signatures for the manifest."""
     import warnings
 
-    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
     # State buffers have no serialised initial value: validity is tracked by position, so a slot is
     # read only after it was written in the current sequence.
@@ -164,6 +166,8 @@ def lower_executorch(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, 
             compile_config=EdgeCompileConfig(_check_ir_validity=False),
             constant_methods=metadata,
         )
-        et = edge.to_executorch()
+        # Quant fusion turns torchao's dequantize + embedding into ExecuTorch's quantized embedding
+        # kernels; reinplacing writes cache updates into the state buffers instead of copies.
+        et = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True, run_reinplace_pass=True))
     (out / MODEL_FILE).write_bytes(et.buffer)
     return methods

@@ -74,11 +74,15 @@ def _do_export(args, source: str, out: Path) -> Path:
 
     t0 = time.perf_counter()
     print(f"[0/4] load {source}")
-    model, tok, src = _resolve(source, args.seed, getattr(args, "allow_unknown_keys", False))
+    allow = getattr(args, "allow_unknown_keys", False)
+    model, tok, src = _resolve(source, args.seed, allow)
+    # Quantize the loaded model in place and rebuild the fp32 reference for verify afterwards: half
+    # the peak memory of keeping both.
     return export(
         model, args.backend, args.quant, args.max_seq_len, args.ops, out, prefill_chunk=args.prefill_chunk,
         group_size=args.group_size, tokenizer_path=tok, verify=not args.no_verify, overwrite=args.overwrite,
-        source=src, progress=lambda m: print(f"{time.perf_counter() - t0:7.1f}s {m}", flush=True),
+        inplace=True, reference=lambda: _resolve(source, args.seed, allow)[0], source=src,
+        progress=lambda m: print(f"{time.perf_counter() - t0:7.1f}s {m}", flush=True),
     )  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from .model import CausalLM, Encoder
 from .presets import get_preset
 from .recurrent import RGLRU
 
-__all__ = ["build", "use_custom_ops", "init_random_"]
+__all__ = ["build", "use_custom_ops", "init_random_", "untie_head"]
 
 
 def build(preset_or_config: str | ModelConfig, seed: int | None = None) -> nn.Module:
@@ -40,6 +40,17 @@ def init_random_(model: nn.Module, seed: int, std: float = 0.05) -> nn.Module:
             p.copy_(torch.log(torch.expm1(-torch.log(a))))  # softplus^-1(-log a)
         else:
             p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+@torch.no_grad()
+def untie_head(model: nn.Module) -> nn.Module:
+    """Give a tied causal LM its own output linear (a copy of the table), e.g. so the head can be
+    quantized as a linear while the table is quantized as an embedding. Outputs are unchanged."""
+    if getattr(model, "lm_head", None) is None and model.config.causal:
+        emb = model.backbone.embed.weight
+        model.lm_head = nn.Linear(emb.shape[1], emb.shape[0], bias=False)
+        model.lm_head.weight.copy_(emb)
     return model
 
 

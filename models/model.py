@@ -158,8 +158,7 @@ class CausalLM(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, T, d) -> soft-capped fp32 logits (B, T, vocab); tied head by default."""
-        w = self.backbone.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(h, w).float()
+        logits = (F.linear(h, self.backbone.embed.weight) if self.lm_head is None else self.lm_head(h)).float()
         if self.config.final_softcap:
             c = self.config.final_softcap
             logits = torch.tanh(logits / c) * c

@@ -21,7 +21,11 @@ def _linear_filter(group_size: int):
 
 @torch.no_grad()
 def quantize_for_executorch(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """Quantize ``model`` in place: linears per the recipe, then the embedding if asked."""
+    """Quantize ``model`` in place: linears per the recipe, then the embedding if asked.
+
+    With embedding quantization the caller unties the head first (models.untie_head), so the head
+    is quantized as a linear (with the linears, or like the table when linears stay fp32).
+    """
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
 
@@ -40,6 +44,9 @@ def quantize_for_executorch(model: nn.Module, recipe: Recipe) -> nn.Module:
     if recipe.embedding_bits is not None:
         gs = recipe.group_size if recipe.embedding_bits == 4 else 0
         wdtype = torch.int4 if recipe.embedding_bits == 4 else torch.int8
-        quantize_(model, IntxWeightOnlyConfig(weight_dtype=wdtype, granularity=gran(gs)),
-                  filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))  # fmt: skip
+        emb_cfg = IntxWeightOnlyConfig(weight_dtype=wdtype, granularity=gran(gs))
+        quantize_(model, emb_cfg, filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+        head = getattr(model, "lm_head", None)
+        if recipe.weight_bits is None and isinstance(head, nn.Linear):  # the head follows the table
+            quantize_(model, emb_cfg, filter_fn=lambda m, fqn: m is head)
     return model

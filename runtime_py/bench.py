@@ -48,7 +48,8 @@ def _reset_peak_rss() -> None:
 
 
 def copy_bandwidth(threads: int, mib: int = 256, repeats: int = 5) -> float:
-    """Bytes moved per second (read + write) by a large tensor copy with ``threads`` threads."""
+    """Bytes copied per second by a large tensor copy with ``threads`` threads (each byte is read
+    once and written once; the figure counts it once, as RUNTIMES.md's ~38 GB/s does)."""
     torch.set_num_threads(threads)
     src = torch.ones(mib * (1 << 20) // 4)
     dst = torch.empty_like(src)
@@ -57,7 +58,7 @@ def copy_bandwidth(threads: int, mib: int = 256, repeats: int = 5) -> float:
         t0 = time.perf_counter()
         dst.copy_(src)
         times.append(time.perf_counter() - t0)
-    return 2 * src.numel() * 4 / statistics.median(times)
+    return src.numel() * 4 / statistics.median(times)
 
 
 def _stats(xs: list[float]) -> dict:
@@ -217,8 +218,9 @@ def _plot(res: dict, path: Path) -> None:
         lo = [m - res["decode_tok_s"][c]["min"] for c, m in zip(ctx, med)]
         hi = [res["decode_tok_s"][c]["max"] - m for c, m in zip(ctx, med)]
         axes[0].errorbar([str(c) for c in ctx], med, yerr=[lo, hi], marker="o", capsize=4, label="measured")
-        axes[0].plot([str(c) for c in ctx], [res["roofline"][c]["roofline_tok_s"] for c in ctx], "--", label="roofline")
-        axes[0].set(xlabel="context (tokens)", ylabel="decode tok/s", title="decode")
+        roof = [res["roofline"][c]["roofline_tok_s"] for c in ctx]
+        axes[0].plot([str(c) for c in ctx], roof, "x--", label="memory-bandwidth roofline")
+        axes[0].set(xlabel="context (tokens)", ylabel="decode tok/s", title="decode", ylim=(0, 1.1 * max(roof)))
         axes[0].legend()
         pre = res["prefill_tok_s"]
         axes[1].bar([str(n) for n in pre], [pre[n]["median"] for n in pre])

@@ -12,6 +12,7 @@ from .session import Session, register_session
 @register_session("executorch")
 class ExecuTorchSession(Session):
     def _load(self) -> None:
+        import executorch.kernels.quantized  # noqa: F401  (registers the quantized embedding kernels)
         from executorch.runtime import Runtime
 
         if self.manifest.get("ops") == "fused":

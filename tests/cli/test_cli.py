@@ -23,3 +23,36 @@ def test_presets_lists_every_size(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "recurrentgemma-9b" in out and "8,579,977,216" in out
+
+
+def test_export_verify_bench(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "art"
+    args = [
+        "export",
+        "tiny-recurrentgemma",
+        "--quant",
+        "fp32",
+        "--max-seq-len",
+        "200",
+        "--ops",
+        "fused",
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["source"] == {"preset": "tiny-recurrentgemma", "seed": 0} and m["parity"]["missed"] == []
+    assert "[1/4] quantize" in capsys.readouterr().out
+    assert main(["verify", str(out)]) == 0
+    assert "parity OK" in capsys.readouterr().out
+    assert main(["verify", str(out), "--reference", "tiny-recurrentgemma", "--seed", "1"]) == 1  # other weights
+    assert "parity FAILED" in capsys.readouterr().err
+    assert main(["bench", str(out), "--profile", "host", "--repeats", "1", "-o", str(tmp_path / "b")]) == 0
+    res = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert res["decode_tok_s"]["128"]["median"] > 0 and res["prefill_tok_s"]["128"]["median"] > 0
+    assert 0 < res["roofline"]["128"]["fraction"]
+    assert (tmp_path / "b" / "bench.png").stat().st_size > 1000 and "decode at context 128" in capsys.readouterr().out
+    assert main(["export", "tiny-gemma3", "--quant", "int3", "-o", str(tmp_path / "x")]) == 2
+    assert "unknown quantization recipe 'int3'" in capsys.readouterr().err and not (tmp_path / "x").exists()

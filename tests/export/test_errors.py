@@ -53,8 +53,9 @@ def test_wrong_kind_of_call(artifact):
 
 def test_unsupported_recipe_leaves_nothing(tmp_path):
     model = models.build("tiny-gemma3", seed=0)
-    with pytest.raises(ExportError, match=r"recipe 8da4w\+emb4 on executorch: embedding quantization"):
-        export(model, "executorch", "8da4w+emb4", 32, "portable", tmp_path / "a", progress=lambda m: None)
+    encoder = models.build("tiny-embeddinggemma", seed=0)
+    with pytest.raises(ExportError, match=r"recipe 8da4w\+emb4: embedding quantization is for causal LMs"):
+        export(encoder, "executorch", "8da4w+emb4", 32, "portable", tmp_path / "a", progress=lambda m: None)
     with pytest.raises(InputError, match="unknown quantization recipe 'int3'"):
         export(model, "executorch", "int3", 32, "portable", tmp_path / "a", progress=lambda m: None)
     with pytest.raises(InputError, match="no linear layer has in_features divisible by group size 48"):

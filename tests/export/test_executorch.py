@@ -12,7 +12,7 @@ from gemma_edge.runtime_py import Sampler, load
 from conftest import CAUSAL_PRESETS
 
 FAST = [(p, "fp32", "portable") for p in [*CAUSAL_PRESETS, "tiny-embeddinggemma"]] + [
-    ("tiny-gemma3", "8da4w", "portable"),
+    ("tiny-gemma3", "8da4w+emb4", "portable"),
     ("tiny-gemma2", "fp32", "fused"),
     ("tiny-recurrentgemma", "fp32", "fused"),
 ]
@@ -22,7 +22,7 @@ FULL = [
     for r in ("fp32", "8da4w")
     for o in ("portable", "fused")
     if (p, r, o) not in FAST
-]
+] + [("tiny-gemma2", "int8+emb8", "portable"), ("tiny-recurrentgemma", "int4", "fused")]
 
 
 def _check_parity(d):
@@ -37,6 +37,12 @@ def test_export_verifies(artifact, preset, recipe, ops):
     d = artifact(preset, recipe, ops)
     m, res = _check_parity(d)
     assert m["recipe"]["name"] == recipe and m["ops"] == ops and m["backend"] == "executorch"
+    if "+emb" in recipe:  # the quantized table is ExecuTorch's quantized embedding kernel
+        from executorch.exir._serialize._program import deserialize_pte_binary
+
+        prog = deserialize_pte_binary((d / "model.pte").read_bytes())
+        plan = getattr(prog, "program", prog).execution_plan[0]
+        assert any("embedding_4bit" in op.name or "embedding_byte" in op.name for op in plan.operators)
     if not m["config"]["causal"]:
         assert res["reference"]["cosine"] >= 0.9999
     elif recipe == "fp32":

@@ -39,12 +39,12 @@ def _rglru_inputs(B=2, T=6, L=16, H=4):
 
 def test_opcheck_sliding_window_attention():
     q, k, v, qp, kp = _attn_inputs()
-    torch.library.opcheck(torch.ops.gemma_edge.sliding_window_attention, (q, k, v, qp, kp, 4, 0.3, 5.0, True))
-    torch.library.opcheck(torch.ops.gemma_edge.sliding_window_attention, (q, k, v, qp, kp, 6, 0.3, 0.0, False))
+    torch.library.opcheck(torch.ops.gemma_edge.sliding_window_attention.default, (q, k, v, qp, kp, 4, 0.3, 5.0, True))
+    torch.library.opcheck(torch.ops.gemma_edge.sliding_window_attention.default, (q, k, v, qp, kp, 6, 0.3, 0.0, False))
 
 
 def test_opcheck_rg_lru():
-    torch.library.opcheck(torch.ops.gemma_edge.rg_lru, _rglru_inputs())
+    torch.library.opcheck(torch.ops.gemma_edge.rg_lru.default, _rglru_inputs())
 
 
 @pytest.mark.parametrize("window, causal", [(0, True), (4, True), (0, False), (6, False)])
