@@ -2,6 +2,7 @@
 // reference functions in models/ops.py; tests hold the two together.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
 
 #include <algorithm>
 #include <cmath>
@@ -54,47 +55,51 @@ Tensor& sliding_window_attention_out(KernelRuntimeContext& ctx, const Tensor& q,
   const int64_t* qpd = q_pos.const_data_ptr<int64_t>();
   const int64_t* kpd = k_pos.const_data_ptr<int64_t>();
   float* od = out.mutable_data_ptr<float>();
-  std::vector<float> score(S);
-  std::vector<double> acc(D);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t h = 0; h < H; ++h) {
+  // One work item per (batch, head, query); ExecuTorch's threadpool (sized by the runtime) runs them.
+  executorch::extension::parallel_for(0, B * H * T, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> score(S);
+    std::vector<float> acc(D);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / (H * T), h = (item / T) % H, t = item % T;
       const int64_t g = h / rep;
       const float* kb = kd + ((b * kvH + g) * S) * D;
       const float* vb = vd + ((b * kvH + g) * S) * D;
-      for (int64_t t = 0; t < T; ++t) {
-        const float* qv = qd + ((b * H + h) * T + t) * D;
-        float* o = od + ((b * H + h) * T + t) * D;
-        const int64_t qp = qpd[t];
-        float mx = -std::numeric_limits<float>::infinity();
-        int64_t n_vis = 0;
-        for (int64_t s = 0; s < S; ++s) {
-          if (!visible(qp, kpd[b * S + s], window, causal)) {
-            score[s] = -std::numeric_limits<float>::infinity();
-            continue;
-          }
-          const float* kv = kb + s * D;
-          float dot = 0.f;
-          for (int64_t d = 0; d < D; ++d) dot += qv[d] * kv[d];
-          float z = dot * static_cast<float>(scale);
-          if (softcap > 0) z = static_cast<float>(softcap) * std::tanh(z / static_cast<float>(softcap));
-          score[s] = z;
-          mx = std::max(mx, z);
-          ++n_vis;
+      const float* qv = qd + ((b * H + h) * T + t) * D;
+      float* o = od + ((b * H + h) * T + t) * D;
+      const int64_t qp = qpd[t];
+      float mx = -std::numeric_limits<float>::infinity();
+      int64_t n_vis = 0;
+      for (int64_t s = 0; s < S; ++s) {
+        if (!visible(qp, kpd[b * S + s], window, causal)) {
+          score[s] = -std::numeric_limits<float>::infinity();
+          continue;
         }
-        std::fill(acc.begin(), acc.end(), 0.0);
-        double total = 0.0;
-        for (int64_t s = 0; s < S; ++s) {
-          // No visible key (a padded query): the reference's finite floor gives equal weights.
-          const double p = n_vis ? (std::isinf(score[s]) ? 0.0 : std::exp(double(score[s]) - mx)) : 1.0;
-          if (p == 0.0) continue;
-          total += p;
-          const float* vv = vb + s * D;
-          for (int64_t d = 0; d < D; ++d) acc[d] += p * vv[d];
-        }
-        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<float>(acc[d] / total);
+        const float* kv = kb + s * D;
+        float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t d = 0; d < D; ++d) dot += qv[d] * kv[d];
+        float z = dot * static_cast<float>(scale);
+        if (softcap > 0) z = static_cast<float>(softcap) * std::tanh(z / static_cast<float>(softcap));
+        score[s] = z;
+        mx = std::max(mx, z);
+        ++n_vis;
       }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      float total = 0.f;
+      for (int64_t s = 0; s < S; ++s) {
+        // No visible key (a padded query): the reference's finite floor gives equal weights.
+        const float p = n_vis ? (std::isinf(score[s]) ? 0.f : std::exp(score[s] - mx)) : 1.f;
+        if (p == 0.f) continue;
+        total += p;
+        const float* vv = vb + s * D;
+        float* a = acc.data();
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) a[d] += p * vv[d];
+      }
+      const float inv = 1.f / total;
+      for (int64_t d = 0; d < D; ++d) o[d] = acc[d] * inv;
     }
-  }
+  });
   return out;
 }
 
@@ -125,18 +130,30 @@ void rg_lru_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gxw, c
     std::copy(h0d + b * L, h0d + (b + 1) * L, h);
     for (int64_t t = 0; t < T; ++t) {
       const float* xt = xd + (b * T + t) * L;
-      for (int64_t head = 0; head < H; ++head) {  // block-diagonal gates: x_head @ W[head] + b[head]
-        for (int64_t j = 0; j < bw; ++j) {
-          float sx = bx[head * bw + j], sa = ba[head * bw + j];
+      // Block-diagonal gates x_head @ W[head] + b[head], one block per work item; the inner loop
+      // runs along W's rows (contiguous) so it vectorises.
+      executorch::extension::parallel_for(0, H, 1, [&](int64_t hb, int64_t he) {
+        for (int64_t head = hb; head < he; ++head) {
+          float* sx = gx.data() + head * bw;
+          float* sa = ga.data() + head * bw;
+          std::copy(bx + head * bw, bx + (head + 1) * bw, sx);
+          std::copy(ba + head * bw, ba + (head + 1) * bw, sa);
           for (int64_t i = 0; i < bw; ++i) {
             const float xi = xt[head * bw + i];
-            sx += xi * wx[(head * bw + i) * bw + j];
-            sa += xi * wa[(head * bw + i) * bw + j];
+            const float* rx = wx + (head * bw + i) * bw;
+            const float* ra = wa + (head * bw + i) * bw;
+#pragma omp simd
+            for (int64_t j = 0; j < bw; ++j) {
+              sx[j] += xi * rx[j];
+              sa[j] += xi * ra[j];
+            }
           }
-          gx[head * bw + j] = 1.f / (1.f + std::exp(-sx));
-          ga[head * bw + j] = 1.f / (1.f + std::exp(-sa));
+          for (int64_t j = 0; j < bw; ++j) {
+            sx[j] = 1.f / (1.f + std::exp(-sx[j]));
+            sa[j] = 1.f / (1.f + std::exp(-sa[j]));
+          }
         }
-      }
+      });
       const bool reset = pd[t] == 0;
       float* yt = yd + (b * T + t) * L;
       for (int64_t l = 0; l < L; ++l) {
