@@ -97,6 +97,12 @@ def export(
     if ops not in OPS_MODES:
         raise InputError(f"unknown ops mode {ops!r}; known: {', '.join(OPS_MODES)}")
     rec = parse_recipe(recipe, group_size) if isinstance(recipe, str) else recipe
+    if backend == "executorch" and rec.weight_bits is not None and not rec.dynamic_activations:
+        raise ExportError(
+            f"recipe {rec.name} on executorch: weight-only int{rec.weight_bits} linears are mis-lowered by XNNPACK "
+            "in executorch 1.5.1 with torchao 0.18 (one linear, measured: max error ~1e3 against eager), and "
+            "without XNNPACK torchao's dequantize_affine has no ExecuTorch kernel; use 8da4w (optionally +emb8/+emb4)"
+        )
     if rec.embedding_bits is not None and not cfg.causal:
         base = rec.name.split("+")[0]
         raise ExportError(f"recipe {rec.name}: embedding quantization is for causal LMs (EmbeddingGemma: use {base})")

@@ -23,14 +23,15 @@ __all__ = ["THRESHOLDS", "thresholds_for", "causal_parity", "encoder_parity", "c
 # max_abs/kl are upper limits, top1/greedy/cosine lower limits. The *lowering* limits are tight: the
 # artifact must compute what the eager quantized model computes. The *quantization* limits catch a
 # broken quantizer (a wrong scale or group gives KL of nats), not quality: random-init models, as in
-# the tests and the demo, quantize worse than trained ones (gemma3-270m shape, 8da4w: KL 0.12).
+# the tests and the demo, quantize worse than trained ones (gemma3-270m shape, 8da4w: KL 0.12; the
+# tiny random encoder, 8da4w: cosine 0.89).
 THRESHOLDS: dict[tuple[str, str], dict[str, dict[str, float]]] = {
     ("fp32", "*"): {"reference": {"max_abs": 1e-3, "top1": 1.0, "greedy": 1.0}},
     ("fp32", "encoder"): {"reference": {"cosine": 0.9999}},
     ("int8", "*"): {"lowering": {"kl": 1e-3, "top1": 0.95}, "quantization": {"kl": 0.05}},
     ("int4", "*"): {"lowering": {"kl": 1e-3, "top1": 0.95}, "quantization": {"kl": 0.5}},
     ("8da4w", "*"): {"lowering": {"kl": 5e-3, "top1": 0.9}, "quantization": {"kl": 0.5}},
-    ("quantized", "encoder"): {"lowering": {"cosine": 0.999}, "quantization": {"cosine": 0.95}},
+    ("quantized", "encoder"): {"lowering": {"cosine": 0.999}, "quantization": {"cosine": 0.8}},
 }
 
 

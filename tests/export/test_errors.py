@@ -59,7 +59,10 @@ def test_unsupported_recipe_leaves_nothing(tmp_path):
     with pytest.raises(InputError, match="unknown quantization recipe 'int3'"):
         export(model, "executorch", "int3", 32, "portable", tmp_path / "a", progress=lambda m: None)
     with pytest.raises(InputError, match="no linear layer has in_features divisible by group size 48"):
-        export(model, "executorch", "int4", 32, "portable", tmp_path / "a", group_size=48, progress=lambda m: None)
+        export(model, "executorch", "8da4w", 32, "portable", tmp_path / "a", group_size=48, progress=lambda m: None)
+    for weight_only in ("int8", "int4+emb4"):
+        with pytest.raises(ExportError, match=r"weight-only int[48] linears are mis-lowered by XNNPACK"):
+            export(model, "executorch", weight_only, 32, "portable", tmp_path / "a", progress=lambda m: None)
     with pytest.raises(InputError, match="unknown backend 'coreml'"):
         export(model, "coreml", "fp32", 32, "portable", tmp_path / "a", progress=lambda m: None)
     with pytest.raises(InputError, match=r"max_seq_len must be in 1\.\.256"):

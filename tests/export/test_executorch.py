@@ -22,7 +22,7 @@ FULL = [
     for r in ("fp32", "8da4w")
     for o in ("portable", "fused")
     if (p, r, o) not in FAST
-] + [("tiny-gemma2", "int8+emb8", "portable"), ("tiny-recurrentgemma", "int4", "fused")]
+] + [("tiny-gemma2", "8da4w+emb8", "portable"), ("tiny-recurrentgemma", "8da4w+emb4", "fused")]
 
 
 def _check_parity(d):
