@@ -33,6 +33,8 @@ def _executorch():
     return b
 
 
+# backend name -> loader of its module, which provides: MODEL_FILE, runtime_version(),
+# check_supported(recipe), prepare(model, recipe, ops, copy_model), lower(model, ...) -> methods.
 BACKENDS: dict[str, Callable] = {"executorch": _executorch}
 
 
@@ -97,12 +99,8 @@ def export(
     if ops not in OPS_MODES:
         raise InputError(f"unknown ops mode {ops!r}; known: {', '.join(OPS_MODES)}")
     rec = parse_recipe(recipe, group_size) if isinstance(recipe, str) else recipe
-    if backend == "executorch" and rec.weight_bits is not None and not rec.dynamic_activations:
-        raise ExportError(
-            f"recipe {rec.name} on executorch: weight-only int{rec.weight_bits} linears are mis-lowered by XNNPACK "
-            "in executorch 1.5.1 with torchao 0.18 (one linear, measured: max error ~1e3 against eager), and "
-            "without XNNPACK torchao's dequantize_affine has no ExecuTorch kernel; use 8da4w (optionally +emb8/+emb4)"
-        )
+    b = BACKENDS[backend]()
+    b.check_supported(rec)
     if rec.embedding_bits is not None and not cfg.causal:
         base = rec.name.split("+")[0]
         raise ExportError(f"recipe {rec.name}: embedding quantization is for causal LMs (EmbeddingGemma: use {base})")
@@ -118,7 +116,6 @@ def export(
         raise InputError(
             "inplace=True consumes the fp32 model verify compares against: pass reference= or verify=False"
         )
-    b = BACKENDS[backend]()
     special = special_tokens(cfg, tok)
     metadata = {
         "get_max_seq_len": chunk, "get_max_context_len": max_seq_len, "get_vocab_size": cfg.vocab_size,
@@ -133,7 +130,7 @@ def export(
         timings["quantize_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         progress(f"[2/4] export + lower to {backend} ({ops} ops)")
-        methods = b.lower_executorch(
+        methods = b.lower(
             prepared, max_seq_len=max_seq_len, prefill_chunk=chunk, metadata=metadata, recipe=rec, out=d,
             progress=lambda m: progress(f"      {m}"),
         )  # fmt: skip

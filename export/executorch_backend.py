@@ -21,10 +21,11 @@ from torch.export import Dim, export
 
 from gemma_edge.export import kernels  # noqa: F401  (.out variants the emitter substitutes in fused mode)
 from gemma_edge.models import CausalLM, Encoder, untie_head, use_custom_ops
+from gemma_edge.models.errors import ExportError
 from gemma_edge.models.layers import RMSNorm
 from gemma_edge.quant import Recipe, quantize_for_executorch
 
-__all__ = ["ExecuTorchCausal", "ExecuTorchEncoder", "lower_executorch", "runtime_version"]
+__all__ = ["ExecuTorchCausal", "ExecuTorchEncoder", "check_supported", "prepare", "lower", "runtime_version"]
 
 MODEL_FILE = "model.pte"
 
@@ -113,20 +114,30 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True)
     return model
 
 
-def lower_executorch(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: dict, recipe: Recipe,
+def check_supported(recipe: Recipe) -> None:
+    """Refuse recipes this backend cannot realise correctly, before any work is done."""
+    if recipe.weight_bits is not None and not recipe.dynamic_activations:
+        raise ExportError(
+            f"recipe {recipe.name} on executorch: weight-only int{recipe.weight_bits} linears are mis-lowered by "
+            "XNNPACK in executorch 1.5.1 with torchao 0.18 (one linear, measured: max error ~1e3 against eager), "
+            "and without XNNPACK torchao's dequantize_affine has no ExecuTorch kernel; use 8da4w (optionally "
+            "+emb8/+emb4)"
+        )
+
+
+def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: dict, recipe: Recipe,
                      out: Path, progress=lambda msg: None) -> dict:  # fmt: skip
     """Export, lower and write ``out/model.pte``; return the method signatures for the manifest."""
     import warnings
 
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
-    # State buffers have no serialised initial value: validity is tracked by position, so a slot is
-    # read only after it was written in the current sequence.
-    warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
-
     cfg = model.config
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # State buffers have no serialised initial value: validity is tracked by position, so a slot
+        # is read only after it was written in the current sequence.
+        warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
         if cfg.causal:
             wrapper = ExecuTorchCausal(model, max_seq_len).eval()
             example = (torch.zeros(1, min(2, prefill_chunk), dtype=torch.long), torch.tensor([0]))
