@@ -33,9 +33,15 @@ def _executorch():
     return b
 
 
+def _onnx():
+    from . import onnx_backend as b
+
+    return b
+
+
 # backend name -> loader of its module, which provides: MODEL_FILE, runtime_version(),
 # check_supported(recipe), prepare(model, recipe, ops, copy_model), lower(model, ...) -> methods.
-BACKENDS: dict[str, Callable] = {"executorch": _executorch}
+BACKENDS: dict[str, Callable] = {"executorch": _executorch, "onnx": _onnx}
 
 
 def default_prefill_chunk(cfg: ModelConfig, max_seq_len: int) -> int:

@@ -1,0 +1,219 @@
+"""ONNX lowering: torch.onnx.export(dynamo=True) with the state as explicit inputs and outputs.
+
+Causal LMs take onnxruntime-genai's names: ``input_ids`` [1, T] int64, ``attention_mask``
+[1, P + T] int64 (its length gives the start position P; batch 1, no padding), then per layer
+``past_key_values.N.key`` / ``.value`` (attention: [1, kvH, S, hd], S = window for local layers,
+max_seq_len for global ones) or ``past_conv.N`` / ``past_rglru.N`` (recurrent), and return
+``logits`` [1, 1, vocab] (the last position only) with ``present.*`` of the same shapes. The
+encoder takes ``input_ids`` and ``attention_mask`` and returns ``sentence_embedding`` [1, dim], normalised.
+
+Quantized recipes become MatMulNBits (and GatherBlockQuantized for ``+emb4``) through
+``custom_translation_table``; weights go to external data (``model.onnx.data``).
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from gemma_edge.models import CausalLM, Encoder
+from gemma_edge.models.errors import ExportError
+from gemma_edge.quant import Recipe
+from gemma_edge.quant.nbits import quantize_for_onnx
+
+__all__ = ["OnnxCausal", "OnnxEncoder", "check_supported", "prepare", "lower", "runtime_version", "state_names"]
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+
+
+def runtime_version() -> str:
+    return version("onnxruntime")
+
+
+def state_names(cfg) -> list[tuple[str, str]]:
+    """(input name, output name) of every state tensor, in the graph's order."""
+    names = []
+    for i, kind in enumerate(cfg.layer_kinds):
+        if kind == "recurrent":
+            names += [(f"past_conv.{i}", f"present_conv.{i}"), (f"past_rglru.{i}", f"present_rglru.{i}")]
+        else:
+            names += [(f"past_key_values.{i}.{t}", f"present.{i}.{t}") for t in ("key", "value")]
+    return names
+
+
+class OnnxCausal(nn.Module):
+    def __init__(self, model: CausalLM) -> None:
+        super().__init__()
+        self.model = model
+        self.arity = [2 for _ in model.config.layer_kinds]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past: list[torch.Tensor]):
+        T = input_ids.shape[1]
+        start = attention_mask.shape[1] - T
+        pos = torch.arange(T, dtype=torch.int64) + start
+        state = [tuple(past[2 * i : 2 * i + 2]) for i in range(len(self.arity))]
+        h, new_state = self.model.backbone(input_ids, pos, state)
+        logits = self.model.logits(h[:, -1:, :])  # (1, 1, vocab)
+        return (logits, *[t for s in new_state for t in s])
+
+
+class OnnxEncoder(nn.Module):
+    def __init__(self, model: Encoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask)
+
+
+def check_supported(recipe: Recipe) -> None:
+    if recipe.embedding_bits == 8:
+        raise ExportError(
+            f"recipe {recipe.name} on onnx: GatherBlockQuantized (ONNX Runtime's quantized embedding) takes "
+            "4-bit tables only; use +emb4"
+        )
+
+
+def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True) -> nn.Module:
+    """The model (a private copy unless ``copy_model`` is False) quantized per the recipe in
+    MatMulNBits form; the eager result is the lowering reference."""
+    if ops == "fused":
+        raise ExportError(
+            "--ops fused on onnx is not available yet: GroupQueryAttention's cache contract and a compiled "
+            "RG-LRU kernel are not built; use --ops portable"
+        )
+    model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
+    if recipe.is_quantized:
+        model.onnx_quant_layout = quantize_for_onnx(model, recipe)
+    return model
+
+
+def _register_contrib_schemas() -> None:
+    """Declare the two com.microsoft contrib ops we emit to onnx's schema registry (onnx itself knows
+    only the standard domain; the exporter needs a schema to build a node)."""
+    from onnx import defs
+
+    P, Opt = defs.OpSchema.FormalParameter, defs.OpSchema.FormalParameterOption.Optional
+    A, INT = defs.OpSchema.Attribute, defs.OpSchema.AttrType.INT
+    specs = {
+        "MatMulNBits": (
+            [P("A", "T1"), P("B", "T2"), P("scales", "T1"), P("zero_points", "T3", param_option=Opt),
+             P("g_idx", "T4", param_option=Opt), P("bias", "T1", param_option=Opt)],
+            ["K", "N", "bits", "block_size", "accuracy_level"],
+            [("T1", ["tensor(float)"], ""), ("T2", ["tensor(uint8)"], ""), ("T3", ["tensor(uint8)", "tensor(float)"], ""),
+             ("T4", ["tensor(int32)"], "")],
+        ),
+        "GatherBlockQuantized": (
+            [P("data", "T1"), P("indices", "Tind"), P("scales", "T2"), P("zero_points", "T1", param_option=Opt)],
+            ["gather_axis", "quantize_axis", "block_size", "bits"],
+            [("T1", ["tensor(uint8)"], ""), ("Tind", ["tensor(int64)", "tensor(int32)"], ""),
+             ("T2", ["tensor(float)"], "")],
+        ),
+    }  # fmt: skip
+    for name, (inputs, attrs, types) in specs.items():
+        if defs.has(name, "com.microsoft"):
+            continue
+        out_type = "T1" if name == "MatMulNBits" else "T2"
+        defs.register_schema(defs.OpSchema(
+            name, "com.microsoft", 1, inputs=inputs, outputs=[P("Y", out_type)], type_constraints=types,
+            attributes=[A(n, INT, "") for n in attrs],
+        ))  # fmt: skip
+
+
+def _translations() -> dict:
+    """Translations of our quantized ops into ONNX Runtime's contrib ops (traced onnxscript)."""
+    from onnxscript import opset18 as op
+    from onnxscript.values import Opset
+
+    _register_contrib_schemas()
+    msft = Opset("com.microsoft", 1)
+
+    def matmul_nbits(x, qweight, scales, in_features: int, out_features: int, bits: int, block_size: int,
+                     accuracy_level: int):  # fmt: skip
+        flat_scales = op.Reshape(scales, op.Constant(value_ints=[-1]))  # MatMulNBits takes (N * blocks,)
+        return msft.MatMulNBits(x, qweight, flat_scales, K=in_features, N=out_features, bits=bits,
+                                block_size=block_size, accuracy_level=accuracy_level)  # fmt: skip
+
+    def gather_nbits(qweight, scales, ids, bits: int, block_size: int):
+        rows = op.Reshape(qweight, op.Constant(value_ints=[0, -1]))  # (N, K * bits / 8): one row per token
+        return msft.GatherBlockQuantized(rows, ids, scales, bits=bits, block_size=block_size, gather_axis=0,
+                                         quantize_axis=1)  # fmt: skip
+
+    return {
+        torch.ops.gemma_edge.matmul_nbits.default: matmul_nbits,
+        torch.ops.gemma_edge.gather_nbits.default: gather_nbits,
+    }
+
+
+def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: dict, recipe: Recipe,
+          out: Path, progress=lambda msg: None) -> dict:  # fmt: skip
+    """Export to ``out/model.onnx`` (+ external data); return the method signatures."""
+    import warnings
+
+    cfg = model.config
+    path = out / MODEL_FILE
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
+        if cfg.causal:
+            wrapper = OnnxCausal(model).eval()
+            state = [t for s in model.init_state(1, max_seq_len) for t in s]
+            names = state_names(cfg)
+            T = min(2, prefill_chunk)
+            example = (torch.zeros(1, T, dtype=torch.long), torch.ones(1, T + 3, dtype=torch.long), state)
+            seq = Dim("sequence_length", min=1, max=prefill_chunk)
+            total = Dim("total_sequence_length", min=1, max=max_seq_len)
+            dynamic = ({1: seq}, {1: total}, [None] * len(state))  # *past: one varargs entry
+            in_names = ["input_ids", "attention_mask", *[n for n, _ in names]]
+            out_names = ["logits", *[n for _, n in names]]
+            signature = {
+                "inputs": [
+                    {"name": "input_ids", "shape": [1, f"1..{prefill_chunk}"], "dtype": "int64"},
+                    {"name": "attention_mask", "shape": [1, "past + T"], "dtype": "int64"},
+                    *[
+                        {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+                        for (n, _), t in zip(names, state)
+                    ],
+                ],  # fmt: skip
+                "outputs": [
+                    {"name": "logits", "shape": [1, 1, cfg.vocab_size], "dtype": "float32"},
+                    *[
+                        {"name": o, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+                        for (_, o), t in zip(names, state)
+                    ],
+                ],  # fmt: skip
+            }
+            methods = {"forward": signature}
+        else:
+            wrapper = OnnxEncoder(model).eval()
+            example = (torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long))
+            seq = Dim("sequence_length", min=1, max=max_seq_len)
+            dynamic = ({1: seq}, {1: seq})
+            in_names, out_names = ["input_ids", "attention_mask"], ["sentence_embedding"]
+            methods = {
+                "embed": {
+                    "inputs": [
+                        {"name": "input_ids", "shape": [1, f"1..{max_seq_len}"], "dtype": "int64"},
+                        {"name": "attention_mask", "shape": [1, f"1..{max_seq_len}"], "dtype": "int64"},
+                    ],
+                    "outputs": [{"name": "sentence_embedding", "shape": [1, cfg.embed_dim], "dtype": "float32"}],
+                }
+            }
+        progress("torch.onnx.export (dynamo)")
+        program = torch.onnx.export(
+            wrapper, example, dynamo=True, input_names=in_names, output_names=out_names,
+            dynamic_shapes=dynamic, custom_translation_table=_translations(), optimize=True, verbose=False,
+        )  # fmt: skip
+        if program is None:
+            raise ExportError("torch.onnx.export returned no program")
+        progress(f"write {MODEL_FILE} (+ external data)")
+        program.save(str(path), external_data=True)
+    layout = getattr(model, "onnx_quant_layout", None)
+    if layout:
+        next(iter(methods.values()))["quantization"] = layout
+    return methods

@@ -1,0 +1,168 @@
+"""Blockwise symmetric weight quantization in ONNX Runtime's MatMulNBits / GatherBlockQuantized layout.
+
+A weight W (N, K) is cut into blocks of ``block_size`` along K. Each block gets one fp32 scale
+s = m / -2^(bits-1), where m is the block's value of largest magnitude (sign kept), so that m maps
+to the most negative code exactly; q = clamp(round(w / s), -2^(bits-1), 2^(bits-1) - 1). Codes are
+stored unsigned (q + 2^(bits-1), ORT's default zero point) and, for 4 bits, two per byte, low
+nibble first: ``qweight`` (N, K / block, block * bits / 8) uint8, ``scales`` (N, K / block) fp32.
+
+The eager kernels of ``gemma_edge::matmul_nbits`` and ``gemma_edge::gather_nbits`` dequantize and
+compute in fp32: they are the eager quantized model that an ONNX artifact is checked against, and
+the ONNX exporter translates them to the com.microsoft contrib ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gemma_edge.models.errors import InputError
+
+__all__ = ["quantize_blockwise", "dequantize_blockwise", "NBitsLinear", "NBitsEmbedding"]
+
+
+def quantize_blockwise(w: torch.Tensor, bits: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float -> (qweight uint8 (N, K/block, block*bits/8), scales fp32 (N, K/block))."""
+    if bits not in (4, 8):
+        raise InputError(f"bits must be 4 or 8, got {bits}")
+    N, K = w.shape
+    if block_size < 16 or block_size & (block_size - 1) or K % block_size:
+        raise InputError(f"block_size must be a power of two >= 16 dividing K={K}, got {block_size}")
+    blocks = w.detach().float().reshape(N, K // block_size, block_size)
+    idx = blocks.abs().argmax(-1, keepdim=True)
+    extreme = blocks.gather(-1, idx)  # signed value of largest magnitude
+    half = 2 ** (bits - 1)
+    scales = extreme / -half
+    scales = torch.where(scales == 0, torch.ones_like(scales), scales)  # all-zero block: any scale
+    q = torch.clamp(torch.round(blocks / scales), -half, half - 1).to(torch.int16) + half  # unsigned codes
+    q = q.to(torch.uint8)
+    if bits == 4:
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    return q.contiguous(), scales.squeeze(-1).contiguous()
+
+
+def dequantize_blockwise(qweight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
+    """The inverse layout: (N, K/block, blob) uint8 + (N, K/block) -> (N, K) fp32."""
+    N, nb, blob = qweight.shape
+    if bits == 4:
+        q = torch.stack((qweight & 0xF, qweight >> 4), dim=-1).reshape(N, nb, 2 * blob)
+    else:
+        q = qweight
+    w = (q.to(torch.float32) - 2 ** (bits - 1)) * scales[..., None]
+    return w.reshape(N, -1)
+
+
+@torch.library.custom_op("gemma_edge::matmul_nbits", mutates_args=())
+def matmul_nbits(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, in_features: int,
+                 out_features: int, bits: int, block_size: int, accuracy_level: int) -> torch.Tensor:  # fmt: skip
+    return F.linear(x.float(), dequantize_blockwise(qweight, scales, bits)).to(x.dtype)
+
+
+@matmul_nbits.register_fake
+def _(x, qweight, scales, in_features, out_features, bits, block_size, accuracy_level):
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+@torch.library.custom_op("gemma_edge::gather_nbits", mutates_args=())
+def gather_nbits(qweight: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor, bits: int,
+                 block_size: int) -> torch.Tensor:  # fmt: skip
+    flat = ids.reshape(-1)
+    rows = dequantize_blockwise(qweight.index_select(0, flat), scales.index_select(0, flat), bits)
+    return rows.reshape(*ids.shape, -1)
+
+
+@gather_nbits.register_fake
+def _(qweight, scales, ids, bits, block_size):
+    return scales.new_empty((*ids.shape, qweight.shape[1] * qweight.shape[2] * 8 // bits))
+
+
+class NBitsLinear(nn.Module):
+    """A bias-optional linear with blockwise-quantized weights (MatMulNBits on ONNX Runtime).
+
+    ``accuracy_level`` 4 makes ORT quantize activations to int8 on the fly (the 8da4w recipe); the
+    eager kernel computes in fp32 either way, so 8da4w's lowering error includes that rounding."""
+
+    def __init__(self, linear: nn.Linear, bits: int, block_size: int, accuracy_level: int = 0) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bits, self.block_size, self.accuracy_level = bits, block_size, accuracy_level
+        q, s = quantize_blockwise(linear.weight, bits, block_size)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scales", s)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.gemma_edge.matmul_nbits(x, self.qweight, self.scales, self.in_features, self.out_features,
+                                              self.bits, self.block_size, self.accuracy_level)  # fmt: skip
+        return y if self.bias is None else y + self.bias
+
+
+class NBitsEmbedding(nn.Module):
+    """An embedding table read from an NBitsLinear's buffers (a tied table and head stored once)."""
+
+    def __init__(self, source: NBitsLinear, owned: bool = False) -> None:
+        super().__init__()
+        if owned:  # an untied table keeps its own quantized bytes
+            self.table = source
+        self._source = [source]  # a plain list: a shared source's buffers belong to the head module
+        self.num_embeddings, self.embedding_dim = source.out_features, source.in_features
+
+    @property
+    def weight(self) -> torch.Tensor:  # the dequantized table, for code that reads .weight
+        s = self._source[0]
+        return dequantize_blockwise(s.qweight, s.scales, s.bits)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        s = self._source[0]
+        return torch.ops.gemma_edge.gather_nbits(s.qweight, s.scales, ids, s.bits, s.block_size)
+
+
+def _replace_linears(module: nn.Module, bits: int, block_size: int, accuracy_level: int, skip) -> int:
+    n = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear) and child is not skip and child.in_features % block_size == 0:
+            setattr(module, name, NBitsLinear(child, bits, block_size, accuracy_level))
+            n += 1
+        elif not isinstance(child, (nn.Linear, NBitsLinear)):
+            n += _replace_linears(child, bits, block_size, accuracy_level, skip)
+    return n
+
+
+@torch.no_grad()
+def quantize_for_onnx(model: nn.Module, recipe) -> dict:
+    """Quantize ``model`` in place into MatMulNBits / GatherBlockQuantized form; return the layout.
+
+    int8 and int4 use blocks of ``recipe.group_size`` (32 when the recipe says per channel), 8da4w
+    is int4 with ``accuracy_level`` 4. With ``+emb4`` the table is quantized in blocks along d_model
+    and the head reads the same bytes (a tied head is stored once).
+    """
+    block = recipe.group_size or 32
+    layout = {"block_size": block, "symmetric": True}
+    head = getattr(model, "lm_head", None)
+    if recipe.embedding_bits is not None:
+        table = model.backbone.embed
+        if table.embedding_dim % block:
+            raise InputError(f"recipe {recipe.name}: d_model {table.embedding_dim} is not a multiple of block {block}")
+        src = head if isinstance(head, nn.Linear) else nn.Linear(table.embedding_dim, table.num_embeddings, bias=False)
+        if head is None:
+            src.weight = table.weight  # tied: quantize the table once, for both uses
+        model.lm_head = NBitsLinear(src, recipe.embedding_bits, block)
+        if head is None:
+            model.backbone.embed = NBitsEmbedding(model.lm_head)
+        else:
+            model.backbone.embed = NBitsEmbedding(_table_linear(table, recipe.embedding_bits, block), owned=True)
+        layout["embedding"] = {"op": "GatherBlockQuantized", "bits": recipe.embedding_bits}
+    if recipe.weight_bits is not None:
+        level = 4 if recipe.dynamic_activations else 0
+        n = _replace_linears(model, recipe.weight_bits, block, level, skip=None)
+        if n == 0:
+            raise InputError(f"recipe {recipe.name}: no linear layer has in_features divisible by block {block}")
+        layout["linear"] = {"op": "MatMulNBits", "bits": recipe.weight_bits, "accuracy_level": level, "count": n}
+    return layout
+
+
+def _table_linear(table: nn.Embedding, bits: int, block: int) -> NBitsLinear:
+    lin = nn.Linear(table.embedding_dim, table.num_embeddings, bias=False)
+    lin.weight = table.weight
+    return NBitsLinear(lin, bits, block)
