@@ -106,8 +106,8 @@ def _register_contrib_schemas() -> None:
             [P("A", "T1"), P("B", "T2"), P("scales", "T1"), P("zero_points", "T3", param_option=Opt),
              P("g_idx", "T4", param_option=Opt), P("bias", "T1", param_option=Opt)],
             ["K", "N", "bits", "block_size", "accuracy_level"],
-            [("T1", ["tensor(float)"], ""), ("T2", ["tensor(uint8)"], ""), ("T3", ["tensor(uint8)", "tensor(float)"], ""),
-             ("T4", ["tensor(int32)"], "")],
+            [("T1", ["tensor(float)"], ""), ("T2", ["tensor(uint8)"], ""),
+             ("T3", ["tensor(uint8)", "tensor(float)"], ""), ("T4", ["tensor(int32)"], "")],
         ),
         "GatherBlockQuantized": (
             [P("data", "T1"), P("indices", "Tind"), P("scales", "T2"), P("zero_points", "T1", param_option=Opt)],
@@ -168,25 +168,20 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
             example = (torch.zeros(1, T, dtype=torch.long), torch.ones(1, T + 3, dtype=torch.long), state)
             seq = Dim("sequence_length", min=1, max=prefill_chunk)
             total = Dim("total_sequence_length", min=1, max=max_seq_len)
-            dynamic = ({1: seq}, {1: total}, [None] * len(state))  # *past: one varargs entry
+            dynamic = ({1: seq}, {1: total}, [None] * len(state))  # past: one list
             in_names = ["input_ids", "attention_mask", *[n for n, _ in names]]
             out_names = ["logits", *[n for _, n in names]]
+            spec = lambda n, t: {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}  # noqa: E731
             signature = {
                 "inputs": [
                     {"name": "input_ids", "shape": [1, f"1..{prefill_chunk}"], "dtype": "int64"},
                     {"name": "attention_mask", "shape": [1, "past + T"], "dtype": "int64"},
-                    *[
-                        {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                        for (n, _), t in zip(names, state)
-                    ],
-                ],  # fmt: skip
+                    *[spec(n, t) for (n, _), t in zip(names, state)],
+                ],
                 "outputs": [
                     {"name": "logits", "shape": [1, 1, cfg.vocab_size], "dtype": "float32"},
-                    *[
-                        {"name": o, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                        for (_, o), t in zip(names, state)
-                    ],
-                ],  # fmt: skip
+                    *[spec(o, t) for (_, o), t in zip(names, state)],
+                ],
             }
             methods = {"forward": signature}
         else:

@@ -43,18 +43,18 @@ MAX_SEQ_LEN = 96  # 8-token prompt + 64 greedy steps, and twelve tiny windows
 
 @pytest.fixture(scope="session")
 def artifact(tmp_path_factory):
-    """(preset, recipe, ops) -> artifact dir, exported (and verified) once per session."""
+    """(preset, recipe, ops, backend) -> artifact dir, exported (and verified) once per session."""
     from gemma_edge import models
     from gemma_edge.export import export
 
     cache = {}
 
-    def get(preset: str, recipe: str = "fp32", ops: str = "portable", **kw):
-        key = (preset, recipe, ops, tuple(sorted(kw.items())))
+    def get(preset: str, recipe: str = "fp32", ops: str = "portable", backend: str = "executorch", **kw):
+        key = (preset, recipe, ops, backend, tuple(sorted(kw.items())))
         if key not in cache:
-            out = tmp_path_factory.mktemp("art") / f"{preset}-{recipe}-{ops}"
+            out = tmp_path_factory.mktemp("art") / f"{backend}-{preset}-{recipe}-{ops}"
             model = models.build(preset, seed=0)
-            cache[key] = export(model, "executorch", recipe, MAX_SEQ_LEN, ops, out, progress=lambda m: None, **kw)
+            cache[key] = export(model, backend, recipe, MAX_SEQ_LEN, ops, out, progress=lambda m: None, **kw)
         return cache[key]
 
     return get

@@ -1,0 +1,141 @@
+"""ONNX export of every family: parity in ONNX Runtime, genai naming, window-sized caches, contrib-op
+quantization in ONNX Runtime's own layout."""
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from gemma_edge import models
+from gemma_edge.export import export
+from gemma_edge.models import ExportError
+from gemma_edge.quant.nbits import quantize_blockwise
+from gemma_edge.runtime_py import load
+
+from conftest import ALL_TINY, CAUSAL_PRESETS
+
+FAST = [(p, "fp32") for p in ALL_TINY] + [
+    ("tiny-gemma3", "int4"),
+    ("tiny-recurrentgemma", "int4"),
+    ("tiny-gemma2", "8da4w+emb4"),
+]
+FULL = [(p, r) for p in ALL_TINY for r in ("int4", "int8", "8da4w") if (p, r) not in FAST] + [
+    ("tiny-gemma3", "int4+emb4"),
+    ("tiny-recurrentgemma", "8da4w+emb4"),
+]
+
+
+def _onnx_artifact(artifact, preset, recipe):
+    return artifact(preset, recipe, "portable", backend="onnx")
+
+
+def _graph(d):
+    return onnx.load(str(d / "model.onnx"), load_external_data=False)
+
+
+@pytest.mark.parametrize("preset, recipe", FAST)
+def test_onnx_export_verifies(artifact, preset, recipe):
+    d = _onnx_artifact(artifact, preset, recipe)
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["backend"] == "onnx" and m["model_file"] == "model.onnx" and m["parity"]["missed"] == []
+    res = m["parity"]["results"]
+    if not m["config"]["causal"]:
+        assert res["reference"]["cosine"] >= 0.9999
+    elif recipe == "fp32":
+        r = res["reference"]
+        assert r["max_abs"] <= 1e-3 and r["greedy"] == 1.0 and r["greedy_steps"] == 64
+    else:
+        assert res["lowering"]["kl"] <= 5e-3 and res["quantization"]["kl"] > res["lowering"]["kl"]
+    ops = [(n.domain, n.op_type) for n in _graph(d).graph.node]
+    layout = m["methods"][next(iter(m["methods"]))].get("quantization", {})
+    n_linear = layout.get("linear", {}).get("count", 0) + ("+emb" in recipe)  # + the quantized head
+    assert ops.count(("com.microsoft", "MatMulNBits")) == n_linear
+    assert ops.count(("com.microsoft", "GatherBlockQuantized")) == ("+emb4" in recipe)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, recipe", FULL)
+def test_onnx_export_verifies_full_matrix(artifact, preset, recipe):
+    m = json.loads((_onnx_artifact(artifact, preset, recipe) / "manifest.json").read_text())
+    assert m["parity"]["missed"] == []
+
+
+def test_genai_names_and_window_sized_caches(artifact):
+    d = _onnx_artifact(artifact, "tiny-gemma2", "fp32")
+    g = _graph(d).graph
+    cfg = models.get_preset("tiny-gemma2")
+    inputs = {i.name: [x.dim_value or x.dim_param for x in i.type.tensor_type.shape.dim] for i in g.input}
+    outputs = [o.name for o in g.output]
+    assert list(inputs)[:2] == ["input_ids", "attention_mask"] and outputs[0] == "logits"
+    for i, kind in enumerate(cfg.layer_kinds):
+        slots = cfg.window if kind == "local" else 96
+        for t in ("key", "value"):
+            assert inputs[f"past_key_values.{i}.{t}"] == [1, cfg.num_kv_heads, slots, cfg.head_dim]
+            assert f"present.{i}.{t}" in outputs
+    assert cfg.layer_kinds[0] == "local" and cfg.window < 96  # Gemma 2: even layers slide
+
+
+def test_sliding_layers_are_the_right_ones(hf_causal, tmp_path):
+    """The ONNX artifact of a transformers-written Gemma 2 matches transformers across several
+    windows; the same weights with the local/global pattern swapped do not."""
+    d, hf = hf_causal("tiny-gemma2")
+    ours = models.load(d)
+    seq = 40
+    assert ours.config.window * 4 < seq
+    ids = torch.randint(3, ours.config.vocab_size, (1, seq), generator=torch.Generator().manual_seed(3))
+    ref = hf(ids, use_cache=False).logits[0]
+    art = export(ours, "onnx", "fp32", 64, "portable", tmp_path / "a", progress=lambda m: None)
+    s = load(art)
+    got = torch.stack([s.decode(int(t)) for t in ids[0]])
+    assert (got - ref).abs().max().item() <= 1e-3
+    kinds = tuple("global" if k == "local" else "local" for k in ours.config.layer_kinds)
+    swapped = models.build(dataclasses.replace(ours.config, layer_kinds=kinds))
+    swapped.load_state_dict(ours.state_dict())
+    assert (swapped(ids)[0] - ref).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_blockwise_layout_is_onnxruntimes_own(bits):
+    """Our packing and scales equal ONNX Runtime's own MatMulNBits quantizer, bit for bit."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    N, K, block = 48, 128, 32
+    w = torch.randn(N, K, generator=torch.Generator().manual_seed(0))
+    packed = np.zeros((N, K // block, block * bits // 8), dtype=np.uint8)
+    scales = np.zeros((N, K // block), dtype=np.float32)
+    zp = np.zeros((N, (K // block + 1) // 2), dtype=np.uint8)
+    (quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits)(
+        packed, w.T.contiguous().numpy(), scales, zp, block, N, K, True
+    )
+    q, s = quantize_blockwise(w, bits, block)
+    assert np.array_equal(q.numpy(), packed) and np.array_equal(s.numpy(), scales)
+
+
+def test_tied_quantized_table_is_stored_once(artifact):
+    d = _onnx_artifact(artifact, "tiny-gemma2", "8da4w+emb4")
+    g = _graph(d).graph
+    cfg = models.get_preset("tiny-gemma2")
+    table_bytes = cfg.vocab_size * cfg.d_model // 2
+    size = lambda i: int(np.prod(i.dims)) * (1 if i.data_type == onnx.TensorProto.UINT8 else 4)  # noqa: E731
+    big = [i for i in g.initializer if size(i) >= table_bytes]
+    assert len(big) == 1  # the head's MatMulNBits and the GatherBlockQuantized read one tensor
+
+
+def test_onnx_refusals(tmp_path):
+    model = models.build("tiny-gemma3", seed=0)
+    with pytest.raises(ExportError, match=r"GatherBlockQuantized .* takes 4-bit tables only; use \+emb4"):
+        export(model, "onnx", "int4+emb8", 32, "portable", tmp_path / "a", progress=lambda m: None)
+    with pytest.raises(ExportError, match="--ops fused on onnx is not available yet"):
+        export(model, "onnx", "fp32", 32, "fused", tmp_path / "a", progress=lambda m: None)
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("preset", CAUSAL_PRESETS)
+def test_onnx_session_generates_like_executorch(artifact, preset):
+    """Two runtimes, one model: the same greedy tokens (fp32)."""
+    a = load(_onnx_artifact(artifact, preset, "fp32")).generate([2, 17, 33], max_new_tokens=24, stop_tokens=[])
+    b = load(artifact(preset)).generate([2, 17, 33], max_new_tokens=24, stop_tokens=[])
+    assert a == b and len(a) == 24
