@@ -7,6 +7,10 @@ max_seq_len for global ones) or ``past_conv.N`` / ``past_rglru.N`` (recurrent), 
 ``logits`` [1, 1, vocab] (the last position only) with ``present.*`` of the same shapes. The
 encoder takes ``input_ids`` and ``attention_mask`` and returns ``sentence_embedding`` [1, dim], normalised.
 
+Gemma 2 / Gemma 3 artifacts carry a ``genai_config.json``, so onnxruntime-genai generates from them
+(with ``max_length`` = the artifact's max_seq_len, since its buffers must match the graph's); it has
+no RG-LRU state or encoder support, so RecurrentGemma and EmbeddingGemma artifacts have none.
+
 Quantized recipes become MatMulNBits (and GatherBlockQuantized for ``+emb4``) through
 ``custom_translation_table``; weights go to external data (``model.onnx.data``).
 """
@@ -14,6 +18,7 @@ Quantized recipes become MatMulNBits (and GatherBlockQuantized for ``+emb4``) th
 from __future__ import annotations
 
 import copy
+import json
 from importlib.metadata import version
 from pathlib import Path
 
@@ -29,6 +34,9 @@ from gemma_edge.quant.nbits import quantize_for_onnx
 __all__ = ["OnnxCausal", "OnnxEncoder", "check_supported", "prepare", "lower", "runtime_version", "state_names"]
 
 MODEL_FILE = "model.onnx"
+# onnxruntime-genai allocates a windowed layer's cache as window + cache_slack slots (slack >= 1;
+# 0 means its default of 16): local rings get one spare slot so genai's buffers fit them exactly.
+GENAI_RING_SLACK = 1
 DATA_FILE = "model.onnx.data"
 
 
@@ -151,6 +159,43 @@ def _translations() -> dict:
     }
 
 
+GENAI_TYPES = {"gemma2": "gemma2", "gemma3": "gemma3_text"}
+
+
+def genai_config(cfg, max_seq_len: int, metadata: dict) -> dict:
+    """onnxruntime-genai's genai_config.json for a Gemma 2 / Gemma 3 artifact: shared past/present
+    buffers (max_seq_len slots for global layers, window + GENAI_RING_SLACK for local ones)."""
+    local = [i for i, k in enumerate(cfg.layer_kinds) if k == "local"]
+    decoder = {
+        "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+        "filename": MODEL_FILE, "head_size": cfg.head_dim, "hidden_size": cfg.d_model,
+        "num_attention_heads": cfg.num_heads, "num_hidden_layers": cfg.num_layers,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                   "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value"},
+    }  # fmt: skip
+    if local:
+        decoder["sliding_window"] = {
+            "window_size": cfg.window, "slide_key_value_cache": False, "slide_inputs": False, "layers": local,
+            "cache_slack": GENAI_RING_SLACK,
+        }  # fmt: skip
+    return {
+        "model": {
+            "bos_token_id": metadata["get_bos_id"], "eos_token_id": metadata["get_eos_ids"], "pad_token_id": 0,
+            "context_length": max_seq_len, "type": GENAI_TYPES[cfg.family], "vocab_size": cfg.vocab_size,
+            "decoder": decoder,
+        },
+        "search": {
+            "max_length": max_seq_len, "past_present_share_buffer": True, "do_sample": False, "num_beams": 1,
+            "num_return_sequences": 1, "min_length": 0, "top_k": 1, "top_p": 1.0, "temperature": 1.0,
+            "repetition_penalty": 1.0, "length_penalty": 1.0, "diversity_penalty": 0.0, "no_repeat_ngram_size": 0,
+            "early_stopping": True,
+        },
+    }  # fmt: skip
+
+
 def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: dict, recipe: Recipe,
           out: Path, progress=lambda msg: None) -> dict:  # fmt: skip
     """Export to ``out/model.onnx`` (+ external data); return the method signatures."""
@@ -162,7 +207,7 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
         if cfg.causal:
             wrapper = OnnxCausal(model).eval()
-            state = [t for s in model.init_state(1, max_seq_len) for t in s]
+            state = [t for s in model.init_state(1, max_seq_len, ring_extra=GENAI_RING_SLACK) for t in s]
             names = state_names(cfg)
             T = min(2, prefill_chunk)
             example = (torch.zeros(1, T, dtype=torch.long), torch.ones(1, T + 3, dtype=torch.long), state)
@@ -208,6 +253,8 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
             raise ExportError("torch.onnx.export returned no program")
         progress(f"write {MODEL_FILE} (+ external data)")
         program.save(str(path), external_data=True)
+    if cfg.family in GENAI_TYPES:
+        (out / "genai_config.json").write_text(json.dumps(genai_config(cfg, max_seq_len, metadata), indent=2))
     layout = getattr(model, "onnx_quant_layout", None)
     if layout:
         next(iter(methods.values()))["quantization"] = layout

@@ -99,8 +99,10 @@ class Attention(nn.Module):
     def inv_freq(cfg: ModelConfig, kind: str) -> torch.Tensor:
         return rope_inv_freq(cfg.head_dim, cfg.rotary_fraction, cfg.rope_base[kind], cfg.rope_scaling.get(kind, 1.0))
 
-    def cache_len(self, max_seq_len: int) -> int:
-        return min(self.window, max_seq_len) if self.window else max_seq_len
+    def cache_len(self, max_seq_len: int, ring_extra: int = 0) -> int:
+        """Cache slots: max_seq_len for a global layer; window (+ ``ring_extra`` spare slots, which
+        some runtimes' cache managers allocate) for a local one. Any ring of >= window slots is exact."""
+        return min(self.window + ring_extra, max_seq_len) if self.window else max_seq_len
 
     def forward(
         self,

@@ -123,9 +123,10 @@ class CausalLM(nn.Module):
         self.backbone = Backbone(cfg)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
-    def init_state(self, batch: int = 1, max_seq_len: int | None = None, dtype=torch.float32) -> State:
-        """Zeroed state: global KV caches of max_seq_len slots, local rings of `window` slots,
-        recurrent conv tails and fp32 RG-LRU states."""
+    def init_state(self, batch: int = 1, max_seq_len: int | None = None, dtype=torch.float32,
+                   ring_extra: int = 0) -> State:  # fmt: skip
+        """Zeroed state: global KV caches of max_seq_len slots, local rings of `window` (+ ring_extra)
+        slots, recurrent conv tails and fp32 RG-LRU states."""
         cfg = self.config
         S = max_seq_len or cfg.max_seq_len
         if S > cfg.max_seq_len:
@@ -134,7 +135,7 @@ class CausalLM(nn.Module):
         for layer in self.backbone.layers:
             t = layer.temporal
             if isinstance(t, Attention):
-                shape = (batch, cfg.num_kv_heads, t.cache_len(S), cfg.head_dim)
+                shape = (batch, cfg.num_kv_heads, t.cache_len(S, ring_extra), cfg.head_dim)
                 state.append((torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)))
             else:
                 state.append(t.init_state(batch, dtype))
