@@ -1,4 +1,10 @@
-"""Session over ONNX Runtime: the state lives in OrtValues fed back from ``present.*`` to ``past.*``."""
+"""Session over ONNX Runtime.
+
+The state stays in ONNX Runtime: each ``past.*`` input and its ``present.*`` output are bound to the
+same OrtValue (as onnxruntime-genai's shared past/present buffers are), so a step writes the caches
+in place and nothing crosses into Python but the token ids and the logits. This is sound because
+every graph reads a past tensor only on the path that computes its present.
+"""
 
 from __future__ import annotations
 
@@ -21,33 +27,30 @@ class OnnxSession(Session):
         if self.threads:
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = self.dir / self.manifest["model_file"]
         try:
             self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise ArtifactError(f"ONNX Runtime could not load {path}: {e}") from None
         if self.config.causal:
-            self.names = state_names(self.config)
             shapes = {i["name"]: i["shape"] for i in self.manifest["methods"]["forward"]["inputs"]}
-            self.zero_state = {n: np.zeros(shapes[n], dtype=np.float32) for n, _ in self.names}
-            self.state = dict(self.zero_state)
-            self.out_names = ["logits", *[o for _, o in self.names]]
-
-    def reset(self) -> None:
-        super().reset()
-        if self.config.causal:
-            self.state = dict(self.zero_state)  # slots are only read once written; zeros for hygiene
+            self.io = self.sess.io_binding()
+            self.io.bind_output("logits")  # first, so it is get_outputs()[0]
+            self.state = {}
+            for past, present in state_names(self.config):
+                v = ort.OrtValue.ortvalue_from_numpy(np.zeros(shapes[past], dtype=np.float32))
+                self.state[past] = v
+                self.io.bind_ortvalue_input(past, v)
+                self.io.bind_ortvalue_output(present, v)
 
     def _forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         T = tokens.shape[1]
-        feeds = {"input_ids": tokens.numpy(), "attention_mask": np.ones((1, start + T), dtype=np.int64), **self.state}
-        outs = self.sess.run(self.out_names, feeds)
-        self.state = {n: v for (n, _), v in zip(self.names, outs[1:])}
-        return torch.from_numpy(outs[0]).reshape(-1)
+        self.io.bind_cpu_input("input_ids", tokens.numpy())
+        self.io.bind_cpu_input("attention_mask", np.ones((1, start + T), dtype=np.int64))
+        self.sess.run_with_iobinding(self.io)
+        # A copy: the numpy view aliases memory ONNX Runtime may reuse on the next run.
+        return torch.from_numpy(self.io.get_outputs()[0].numpy().copy()).reshape(-1)
 
     def _embed(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.sess.run(
-            ["sentence_embedding"], {"input_ids": tokens.numpy(), "attention_mask": mask.to(torch.int64).numpy()}
-        )
-        return torch.from_numpy(out[0])
+        feeds = {"input_ids": tokens.numpy(), "attention_mask": mask.to(torch.int64).numpy()}
+        return torch.from_numpy(self.sess.run(["sentence_embedding"], feeds)[0])
