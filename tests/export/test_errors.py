@@ -10,19 +10,26 @@ from gemma_edge.models import ArtifactError, ExportError, InputError
 from gemma_edge.runtime_py import load
 
 
-def test_tampered_artifact_is_refused(artifact, tmp_path):
+BACKENDS = ["executorch", "onnx"]
+FILES = {"executorch": ["model.pte"], "onnx": ["model.onnx", "model.onnx.data", "genai_config.json"]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tampered_artifact_is_refused(artifact, tmp_path, backend):
     import shutil
 
-    d = tmp_path / "t"
-    shutil.copytree(artifact("tiny-gemma3"), d)
-    data = bytearray((d / "model.pte").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (d / "model.pte").write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match=r"model\.pte does not match its sha256"):
-        load(d)
-    (d / "model.pte").unlink()
-    with pytest.raises(ArtifactError, match=r"artifact file .*model\.pte is missing"):
-        load(d)
+    src = artifact("tiny-gemma3", backend=backend)
+    for name in FILES[backend]:
+        d = tmp_path / name
+        shutil.copytree(src, d)
+        data = bytearray((d / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (d / name).write_bytes(bytes(data))
+        with pytest.raises(ArtifactError, match=rf"{name} does not match its sha256"):
+            load(d)
+        (d / name).unlink()
+        with pytest.raises(ArtifactError, match=rf"artifact file .*{name} is missing"):
+            load(d)
 
 
 def test_not_an_artifact(tmp_path):
@@ -32,30 +39,34 @@ def test_not_an_artifact(tmp_path):
         load(tmp_path / "nope")
 
 
-def test_token_id_out_of_range(artifact):
-    s = load(artifact("tiny-gemma3"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_token_id_out_of_range(artifact, backend):
+    s = load(artifact("tiny-gemma3", backend=backend))
     with pytest.raises(InputError, match="token id 512 is out of range: the model's vocab_size is 512"):
         s.prefill([2, 512])
     with pytest.raises(InputError, match="token id -1 is out of range"):
         s.prefill([-1])
 
 
-def test_prompt_longer_than_max_seq_len(artifact):
-    s = load(artifact("tiny-gemma3"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prompt_longer_than_max_seq_len(artifact, backend):
+    s = load(artifact("tiny-gemma3", backend=backend))
     with pytest.raises(InputError, match="97 tokens exceed this artifact's max_seq_len of 96"):
         s.prefill([5] * 97)
 
 
-def test_wrong_kind_of_call(artifact):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wrong_kind_of_call(artifact, backend):
     with pytest.raises(InputError, match="is not an encoder"):
-        load(artifact("tiny-gemma3")).embed([[2, 3]])
+        load(artifact("tiny-gemma3", backend=backend)).embed([[2, 3]])
 
 
 def test_unsupported_recipe_leaves_nothing(tmp_path):
     model = models.build("tiny-gemma3", seed=0)
     encoder = models.build("tiny-embeddinggemma", seed=0)
-    with pytest.raises(ExportError, match=r"recipe 8da4w\+emb4: embedding quantization is for causal LMs"):
-        export(encoder, "executorch", "8da4w+emb4", 32, "portable", tmp_path / "a", progress=lambda m: None)
+    for backend in BACKENDS:
+        with pytest.raises(ExportError, match=r"recipe 8da4w\+emb4: embedding quantization is for causal LMs"):
+            export(encoder, backend, "8da4w+emb4", 32, "portable", tmp_path / "a", progress=lambda m: None)
     with pytest.raises(InputError, match="unknown quantization recipe 'int3'"):
         export(model, "executorch", "int3", 32, "portable", tmp_path / "a", progress=lambda m: None)
     with pytest.raises(InputError, match="no linear layer has in_features divisible by group size 48"):
