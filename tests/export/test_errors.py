@@ -9,7 +9,6 @@ from gemma_edge.export import export
 from gemma_edge.models import ArtifactError, ExportError, InputError
 from gemma_edge.runtime_py import load
 
-
 BACKENDS = ["executorch", "onnx"]
 FILES = {"executorch": ["model.pte"], "onnx": ["model.onnx", "model.onnx.data", "genai_config.json"]}
 
