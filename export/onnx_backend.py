@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from gemma_edge.models import CausalLM, Encoder
+from gemma_edge.models import CausalLM, Encoder, use_cached_attention
 from gemma_edge.models.errors import ExportError
 from gemma_edge.quant import Recipe
 from gemma_edge.quant.nbits import quantize_for_onnx
@@ -91,14 +91,11 @@ def check_supported(recipe: Recipe) -> None:
 def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True) -> nn.Module:
     """The model (a private copy unless ``copy_model`` is False) quantized per the recipe in
     MatMulNBits form; the eager result is the lowering reference."""
-    if ops == "fused":
-        raise ExportError(
-            "--ops fused on onnx is not available yet: GroupQueryAttention's cache contract and a compiled "
-            "RG-LRU kernel are not built; use --ops portable"
-        )
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     if recipe.is_quantized:
         model.onnx_quant_layout = quantize_for_onnx(model, recipe)
+    if ops == "fused":
+        use_cached_attention(model)
     return model
 
 
@@ -124,18 +121,31 @@ def _register_contrib_schemas() -> None:
              ("T2", ["tensor(float)"], "")],
         ),
     }  # fmt: skip
+    outputs = {"MatMulNBits": [P("Y", "T1")], "GatherBlockQuantized": [P("Y", "T2")]}
+    # GroupQueryAttention: the inputs and attributes we use (the op has more, all optional).
+    specs["GroupQueryAttention"] = (
+        [P("query", "T"), P("key", "T"), P("value", "T"), P("past_key", "T"), P("past_value", "T"),
+         P("seqlens_k", "M"), P("total_sequence_length", "M")],
+        ["num_heads", "kv_num_heads", "local_window_size", "sliding_window_cache"],
+        [("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")],
+    )  # fmt: skip
+    outputs["GroupQueryAttention"] = [P("output", "T"), P("present_key", "T"), P("present_value", "T")]
+    floats = {"GroupQueryAttention": ["scale", "softcap"]}
     for name, (inputs, attrs, types) in specs.items():
         if defs.has(name, "com.microsoft"):
             continue
-        out_type = "T1" if name == "MatMulNBits" else "T2"
+        attributes = [A(n, INT, "") for n in attrs] + [
+            A(n, defs.OpSchema.AttrType.FLOAT, "") for n in floats.get(name, [])
+        ]
         defs.register_schema(defs.OpSchema(
-            name, "com.microsoft", 1, inputs=inputs, outputs=[P("Y", out_type)], type_constraints=types,
-            attributes=[A(n, INT, "") for n in attrs],
+            name, "com.microsoft", 1, inputs=inputs, outputs=outputs[name], type_constraints=types,
+            attributes=attributes,
         ))  # fmt: skip
 
 
 def _translations() -> dict:
     """Translations of our quantized ops into ONNX Runtime's contrib ops (traced onnxscript)."""
+    import onnx
     from onnxscript import opset18 as op
     from onnxscript.values import Opset
 
@@ -153,9 +163,21 @@ def _translations() -> dict:
         return msft.GatherBlockQuantized(rows, ids, scales, bits=bits, block_size=block_size, gather_axis=0,
                                          quantize_axis=1)  # fmt: skip
 
+    def cached_attention(q, k, v, past_k, past_v, pos, window: int, scale: float, softcap: float):
+        num_heads, kv_heads = q.shape[1], k.shape[1]
+        flat = lambda x: op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, -1]))  # noqa: E731
+        last = op.Gather(pos, op.Constant(value_ints=[-1]))  # (1,): the chunk's last position = total - 1
+        seqlens_k = op.Cast(last, to=onnx.TensorProto.INT32)
+        total = op.Cast(op.Squeeze(op.Add(last, op.Constant(value_ints=[1]))), to=onnx.TensorProto.INT32)
+        return msft.GroupQueryAttention(
+            flat(q), flat(k), flat(v), past_k, past_v, seqlens_k, total, num_heads=num_heads, kv_num_heads=kv_heads,
+            scale=scale, softcap=softcap, local_window_size=window or -1, sliding_window_cache=int(window > 0),
+        )  # fmt: skip
+
     return {
         torch.ops.gemma_edge.matmul_nbits.default: matmul_nbits,
         torch.ops.gemma_edge.gather_nbits.default: gather_nbits,
+        torch.ops.gemma_edge.cached_attention.default: cached_attention,
     }
 
 

@@ -20,7 +20,7 @@ from . import ops
 from .config import ModelConfig
 from .layers import RMSNorm, apply_rope, rope_inv_freq
 
-__all__ = ["Attention", "AttnContext", "ring_slot_positions"]
+__all__ = ["Attention", "AttnContext", "ring_slot_positions", "cached_attention"]
 
 
 def ring_slot_positions(start: torch.Tensor, window: int) -> torch.Tensor:
@@ -45,6 +45,44 @@ def _ring_update_index(start: torch.Tensor, T: int, window: int) -> torch.Tensor
     last = start + T - 1
     p = last - torch.remainder(last - s + window, window)  # dividend >= 0, see ring_slot_positions
     return torch.where(p >= start, window + p - start, s)
+
+
+@torch.library.custom_op("gemma_edge::cached_attention", mutates_args=())
+def cached_attention(
+    q: torch.Tensor,  # (B, H, T, hd), RoPE applied
+    k: torch.Tensor,  # (B, kvH, T, hd) the chunk's keys, RoPE applied
+    v: torch.Tensor,  # (B, kvH, T, hd)
+    past_k: torch.Tensor,  # (B, kvH, C, hd): a ring of C >= window slots (local) or max_seq_len slots
+    past_v: torch.Tensor,
+    pos: torch.Tensor,  # (T,) consecutive absolute positions of the chunk
+    window: int,  # 0 = global
+    scale: float,
+    softcap: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # out (B, T, H * hd), present_k, present_v
+    """Causal attention that owns its cache update: write the chunk into the cache, attend.
+
+    A runtime may keep the cache in its own layout (ONNX Runtime's GroupQueryAttention, which this
+    op lowers to, does); the layout here is the ring / position-indexed one of ``Attention``.
+    """
+    B, H, T, hd = q.shape
+    C = past_k.shape[2]
+    if window:
+        k_pos = torch.cat((ring_slot_positions(pos[0], C), pos))
+        keys, values = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
+        idx = _ring_update_index(pos[0], T, C)
+        present_k, present_v = keys.index_select(2, idx), values.index_select(2, idx)
+    else:
+        present_k, present_v = past_k.index_copy(2, pos, k), past_v.index_copy(2, pos, v)
+        keys, values, k_pos = present_k, present_v, torch.arange(C)
+    k_pos = k_pos[None, :].expand(B, -1)
+    out = ops.attention_reference(q, keys, values, pos, k_pos, window, scale, softcap, True)
+    return out.transpose(1, 2).reshape(B, T, H * hd), present_k, present_v
+
+
+@cached_attention.register_fake
+def _(q, k, v, past_k, past_v, pos, window, scale, softcap):
+    B, H, T, hd = q.shape
+    return q.new_empty((B, T, H * hd)), torch.empty_like(past_k), torch.empty_like(past_v)
 
 
 @dataclass
@@ -87,6 +125,7 @@ class Attention(nn.Module):
         self.softcap = cfg.attn_softcap or 0.0
         self.causal = cfg.causal
         self.use_custom_op = False  # set by models.use_custom_ops()
+        self.use_cached_op = False  # set by models.use_cached_attention(): the op updates the cache too
         d, hd = cfg.d_model, cfg.head_dim
         self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=False)
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)
@@ -119,6 +158,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
 
         new_cache = None
+        if self.use_cached_op and cache is not None and self.causal:
+            out, *new_cache = torch.ops.gemma_edge.cached_attention(
+                q, k, v, cache[0], cache[1], ctx.pos, self.window, self.scale, self.softcap
+            )
+            return self.o_proj(out), tuple(new_cache)
         if cache is None:
             keys, values = k, v
         elif self.window:  # ring: attend to (ring before the chunk, chunk), then keep the newest W

@@ -13,7 +13,7 @@ from .model import CausalLM, Encoder
 from .presets import get_preset
 from .recurrent import RGLRU
 
-__all__ = ["build", "use_custom_ops", "init_random_", "untie_head"]
+__all__ = ["build", "use_custom_ops", "use_cached_attention", "init_random_", "untie_head"]
 
 
 def build(preset_or_config: str | ModelConfig, seed: int | None = None) -> nn.Module:
@@ -59,4 +59,13 @@ def use_custom_ops(model: nn.Module, enabled: bool = True) -> nn.Module:
     for m in model.modules():
         if isinstance(m, (Attention, RGLRU)):
             m.use_custom_op = enabled
+    return model
+
+
+def use_cached_attention(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Route causal attention with a cache through ``gemma_edge::cached_attention``, which owns the
+    cache update (backends whose attention kernel manages the KV cache, like ONNX Runtime's GQA)."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.use_cached_op = enabled
     return model

@@ -18,28 +18,34 @@ from gemma_edge.runtime_py import load
 
 from conftest import ALL_TINY, CAUSAL_PRESETS
 
-FAST = [(p, "fp32") for p in ALL_TINY] + [
-    ("tiny-gemma3", "int4"),
-    ("tiny-recurrentgemma", "int4"),
-    ("tiny-gemma2", "8da4w+emb4"),
+FAST = [(p, "fp32", "portable") for p in ALL_TINY] + [
+    ("tiny-gemma3", "int4", "portable"),
+    ("tiny-recurrentgemma", "int4", "portable"),
+    ("tiny-gemma2", "8da4w+emb4", "portable"),
+    ("tiny-gemma2", "fp32", "fused"),
+    ("tiny-gemma3", "fp32", "fused"),
+    ("tiny-gemma3", "int4", "fused"),
 ]
-FULL = [(p, r) for p in ALL_TINY for r in ("int4", "int8", "8da4w") if (p, r) not in FAST] + [
-    ("tiny-gemma3", "int4+emb4"),
-    ("tiny-recurrentgemma", "8da4w+emb4"),
-]
+FULL = [
+    (p, r, o)
+    for p in ALL_TINY
+    for r in ("fp32", "int4", "int8", "8da4w")
+    for o in ("portable", "fused")
+    if (p, r, o) not in FAST
+] + [("tiny-gemma3", "int4+emb4", "fused"), ("tiny-recurrentgemma", "8da4w+emb4", "fused")]
 
 
-def _onnx_artifact(artifact, preset, recipe):
-    return artifact(preset, recipe, "portable", backend="onnx")
+def _onnx_artifact(artifact, preset, recipe, ops="portable"):
+    return artifact(preset, recipe, ops, backend="onnx")
 
 
 def _graph(d):
     return onnx.load(str(d / "model.onnx"), load_external_data=False)
 
 
-@pytest.mark.parametrize("preset, recipe", FAST)
-def test_onnx_export_verifies(artifact, preset, recipe):
-    d = _onnx_artifact(artifact, preset, recipe)
+@pytest.mark.parametrize("preset, recipe, ops", FAST)
+def test_onnx_export_verifies(artifact, preset, recipe, ops):
+    d = _onnx_artifact(artifact, preset, recipe, ops)
     m = json.loads((d / "manifest.json").read_text())
     assert m["backend"] == "onnx" and m["model_file"] == "model.onnx" and m["parity"]["missed"] == []
     res = m["parity"]["results"]
@@ -50,17 +56,19 @@ def test_onnx_export_verifies(artifact, preset, recipe):
         assert r["max_abs"] <= 1e-3 and r["greedy"] == 1.0 and r["greedy_steps"] == 64
     else:
         assert res["lowering"]["kl"] <= 5e-3 and res["quantization"]["kl"] > res["lowering"]["kl"]
-    ops = [(n.domain, n.op_type) for n in _graph(d).graph.node]
+    nodes = [(n.domain, n.op_type) for n in _graph(d).graph.node]
     layout = m["methods"][next(iter(m["methods"]))].get("quantization", {})
     n_linear = layout.get("linear", {}).get("count", 0) + ("+emb" in recipe)  # + the quantized head
-    assert ops.count(("com.microsoft", "MatMulNBits")) == n_linear
-    assert ops.count(("com.microsoft", "GatherBlockQuantized")) == ("+emb4" in recipe)
+    assert nodes.count(("com.microsoft", "MatMulNBits")) == n_linear
+    assert nodes.count(("com.microsoft", "GatherBlockQuantized")) == ("+emb4" in recipe)
+    n_attn = sum(k != "recurrent" for k in m["config"]["layer_kinds"]) if m["config"]["causal"] else 0
+    assert nodes.count(("com.microsoft", "GroupQueryAttention")) == (n_attn if m["ops"] == "fused" else 0)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset, recipe", FULL)
-def test_onnx_export_verifies_full_matrix(artifact, preset, recipe):
-    m = json.loads((_onnx_artifact(artifact, preset, recipe) / "manifest.json").read_text())
+@pytest.mark.parametrize("preset, recipe, ops", FULL)
+def test_onnx_export_verifies_full_matrix(artifact, preset, recipe, ops):
+    m = json.loads((_onnx_artifact(artifact, preset, recipe, ops) / "manifest.json").read_text())
     assert m["parity"]["missed"] == []
 
 
@@ -129,8 +137,6 @@ def test_onnx_refusals(tmp_path):
     model = models.build("tiny-gemma3", seed=0)
     with pytest.raises(ExportError, match=r"GatherBlockQuantized .* takes 4-bit tables only; use \+emb4"):
         export(model, "onnx", "int4+emb8", 32, "portable", tmp_path / "a", progress=lambda m: None)
-    with pytest.raises(ExportError, match="--ops fused on onnx is not available yet"):
-        export(model, "onnx", "fp32", 32, "fused", tmp_path / "a", progress=lambda m: None)
     assert not (tmp_path / "a").exists()
 
 
@@ -143,12 +149,13 @@ def test_onnx_session_generates_like_executorch(artifact, preset):
 
 
 @pytest.mark.parametrize("preset", ["tiny-gemma2", "tiny-gemma3"])
-def test_onnxruntime_genai_generates_like_our_session(artifact, preset):
+@pytest.mark.parametrize("ops", ["portable", "fused"])
+def test_onnxruntime_genai_generates_like_our_session(artifact, preset, ops):
     """onnxruntime-genai loads the artifact through its genai_config.json and, over 40 steps (five
     windows), produces our Session's greedy tokens and logits."""
     import onnxruntime_genai as og
 
-    d = _onnx_artifact(artifact, preset, "fp32")
+    d = _onnx_artifact(artifact, preset, "fp32", ops)
     m = json.loads((d / "manifest.json").read_text())
     prompt, steps = [2, 17, 33, 101, 7], 40
     model = og.Model(str(d))
