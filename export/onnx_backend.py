@@ -23,11 +23,13 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.export import Dim
 
 from gemma_edge.models import CausalLM, Encoder, use_cached_attention
 from gemma_edge.models.errors import ExportError
+from gemma_edge.models.layers import RMSNorm
 from gemma_edge.quant import Recipe
 from gemma_edge.quant.nbits import quantize_for_onnx
 
@@ -37,6 +39,7 @@ MODEL_FILE = "model.onnx"
 # onnxruntime-genai allocates a windowed layer's cache as window + cache_slack slots (slack >= 1;
 # 0 means its default of 16): local rings get one spare slot so genai's buffers fit them exactly.
 GENAI_RING_SLACK = 1
+OPSET = 23  # RMSNormalization
 DATA_FILE = "model.onnx.data"
 
 
@@ -80,6 +83,33 @@ class OnnxEncoder(nn.Module):
         return self.model(input_ids, attention_mask)
 
 
+class FusedRMSNorm(nn.Module):
+    """RMSNorm as ``F.rms_norm`` with the scale (1 + w) precomputed: one ONNX RMSNormalization node
+    (opset 23) instead of six elementwise ones. Same math: x * rsqrt(mean(x^2) + eps) * (1 + w)."""
+
+    def __init__(self, norm: RMSNorm) -> None:
+        super().__init__()
+        self.eps = norm.eps
+        self.register_buffer("scale", 1.0 + norm.weight.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), self.scale.shape, self.scale, self.eps).type_as(x)
+
+
+def _swap_norms(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, RMSNorm):
+            setattr(module, name, FusedRMSNorm(child))
+        else:
+            _swap_norms(child)
+
+
+def gqa_fits(cfg) -> bool:
+    """ONNX Runtime's GroupQueryAttention (with its rotary) takes head sizes that are multiples of
+    16, causal attention only; elsewhere --ops fused keeps the portable attention."""
+    return cfg.causal and cfg.head_dim % 16 == 0
+
+
 def check_supported(recipe: Recipe) -> None:
     if recipe.embedding_bits == 8:
         raise ExportError(
@@ -92,10 +122,11 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True)
     """The model (a private copy unless ``copy_model`` is False) quantized per the recipe in
     MatMulNBits form; the eager result is the lowering reference."""
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
+    _swap_norms(model)
     if recipe.is_quantized:
         model.onnx_quant_layout = quantize_for_onnx(model, recipe)
-    if ops == "fused":
-        use_cached_attention(model)
+    if ops == "fused" and gqa_fits(model.config):
+        use_cached_attention(model, model.config.max_seq_len)  # lower() trims the RoPE tables
     return model
 
 
@@ -125,8 +156,8 @@ def _register_contrib_schemas() -> None:
     # GroupQueryAttention: the inputs and attributes we use (the op has more, all optional).
     specs["GroupQueryAttention"] = (
         [P("query", "T"), P("key", "T"), P("value", "T"), P("past_key", "T"), P("past_value", "T"),
-         P("seqlens_k", "M"), P("total_sequence_length", "M")],
-        ["num_heads", "kv_num_heads", "local_window_size", "sliding_window_cache"],
+         P("seqlens_k", "M"), P("total_sequence_length", "M"), P("cos_cache", "T"), P("sin_cache", "T")],
+        ["num_heads", "kv_num_heads", "local_window_size", "sliding_window_cache", "do_rotary", "rotary_interleaved"],
         [("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")],
     )  # fmt: skip
     outputs["GroupQueryAttention"] = [P("output", "T"), P("present_key", "T"), P("present_value", "T")]
@@ -146,7 +177,7 @@ def _register_contrib_schemas() -> None:
 def _translations() -> dict:
     """Translations of our quantized ops into ONNX Runtime's contrib ops (traced onnxscript)."""
     import onnx
-    from onnxscript import opset18 as op
+    from onnxscript import opset23 as op
     from onnxscript.values import Opset
 
     _register_contrib_schemas()
@@ -163,15 +194,15 @@ def _translations() -> dict:
         return msft.GatherBlockQuantized(rows, ids, scales, bits=bits, block_size=block_size, gather_axis=0,
                                          quantize_axis=1)  # fmt: skip
 
-    def cached_attention(q, k, v, past_k, past_v, pos, window: int, scale: float, softcap: float):
-        num_heads, kv_heads = q.shape[1], k.shape[1]
-        flat = lambda x: op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, -1]))  # noqa: E731
+    def cached_attention(q, k, v, past_k, past_v, pos, cos_table, sin_table, num_heads: int, window: int,
+                         scale: float, softcap: float):  # fmt: skip
         last = op.Gather(pos, op.Constant(value_ints=[-1]))  # (1,): the chunk's last position = total - 1
         seqlens_k = op.Cast(last, to=onnx.TensorProto.INT32)
         total = op.Cast(op.Squeeze(op.Add(last, op.Constant(value_ints=[1]))), to=onnx.TensorProto.INT32)
         return msft.GroupQueryAttention(
-            flat(q), flat(k), flat(v), past_k, past_v, seqlens_k, total, num_heads=num_heads, kv_num_heads=kv_heads,
-            scale=scale, softcap=softcap, local_window_size=window or -1, sliding_window_cache=int(window > 0),
+            q, k, v, past_k, past_v, seqlens_k, total, cos_table, sin_table, num_heads=num_heads,
+            kv_num_heads=past_k.shape[1], scale=scale, softcap=softcap, local_window_size=window or -1,
+            sliding_window_cache=int(window > 0), do_rotary=1, rotary_interleaved=0,
         )  # fmt: skip
 
     return {
@@ -228,6 +259,8 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
         if cfg.causal:
+            if model.backbone.rope_table_len:  # RoPE tables as long as this artifact's positions
+                model.backbone.rope_table_len = max_seq_len
             wrapper = OnnxCausal(model).eval()
             state = [t for s in model.init_state(1, max_seq_len, ring_extra=GENAI_RING_SLACK) for t in s]
             names = state_names(cfg)
@@ -270,6 +303,7 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
         program = torch.onnx.export(
             wrapper, example, dynamo=True, input_names=in_names, output_names=out_names,
             dynamic_shapes=dynamic, custom_translation_table=_translations(), optimize=True, verbose=False,
+            opset_version=OPSET,
         )  # fmt: skip
         if program is None:
             raise ExportError("torch.onnx.export returned no program")
@@ -277,6 +311,9 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
         program.save(str(path), external_data=True)
     if cfg.family in GENAI_TYPES:
         (out / "genai_config.json").write_text(json.dumps(genai_config(cfg, max_seq_len, metadata), indent=2))
+    if cfg.causal:
+        fused = any(getattr(m, "use_cached_op", False) for m in model.modules())
+        methods["forward"]["attention"] = "GroupQueryAttention" if fused else "portable"
     layout = getattr(model, "onnx_quant_layout", None)
     if layout:
         next(iter(methods.values()))["quantization"] = layout

@@ -49,23 +49,30 @@ def _ring_update_index(start: torch.Tensor, T: int, window: int) -> torch.Tensor
 
 @torch.library.custom_op("gemma_edge::cached_attention", mutates_args=())
 def cached_attention(
-    q: torch.Tensor,  # (B, H, T, hd), RoPE applied
-    k: torch.Tensor,  # (B, kvH, T, hd) the chunk's keys, RoPE applied
-    v: torch.Tensor,  # (B, kvH, T, hd)
+    q: torch.Tensor,  # (B, T, H * hd), before RoPE
+    k: torch.Tensor,  # (B, T, kvH * hd), before RoPE
+    v: torch.Tensor,  # (B, T, kvH * hd)
     past_k: torch.Tensor,  # (B, kvH, C, hd): a ring of C >= window slots (local) or max_seq_len slots
     past_v: torch.Tensor,
     pos: torch.Tensor,  # (T,) consecutive absolute positions of the chunk
+    cos_table: torch.Tensor,  # (L, rot / 2) cos(p * inv_freq) for every position p < L
+    sin_table: torch.Tensor,
+    num_heads: int,
     window: int,  # 0 = global
     scale: float,
     softcap: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # out (B, T, H * hd), present_k, present_v
-    """Causal attention that owns its cache update: write the chunk into the cache, attend.
+    """Causal attention that owns RoPE and its cache update: rotate, write the chunk, attend.
 
     A runtime may keep the cache in its own layout (ONNX Runtime's GroupQueryAttention, which this
     op lowers to, does); the layout here is the ring / position-indexed one of ``Attention``.
     """
-    B, H, T, hd = q.shape
-    C = past_k.shape[2]
+    B, T, _ = q.shape
+    kvH, C, hd = past_k.shape[1], past_k.shape[2], past_k.shape[3]
+    half = torch.cat((cos_table[pos], cos_table[pos]), -1), torch.cat((sin_table[pos], sin_table[pos]), -1)
+    q = apply_rope(q.view(B, T, num_heads, hd).transpose(1, 2), *half)
+    k = apply_rope(k.view(B, T, kvH, hd).transpose(1, 2), *half)
+    v = v.view(B, T, kvH, hd).transpose(1, 2)
     if window:
         k_pos = torch.cat((ring_slot_positions(pos[0], C), pos))
         keys, values = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
@@ -76,13 +83,12 @@ def cached_attention(
         keys, values, k_pos = present_k, present_v, torch.arange(C)
     k_pos = k_pos[None, :].expand(B, -1)
     out = ops.attention_reference(q, keys, values, pos, k_pos, window, scale, softcap, True)
-    return out.transpose(1, 2).reshape(B, T, H * hd), present_k, present_v
+    return out.transpose(1, 2).reshape(B, T, num_heads * hd), present_k, present_v
 
 
 @cached_attention.register_fake
-def _(q, k, v, past_k, past_v, pos, window, scale, softcap):
-    B, H, T, hd = q.shape
-    return q.new_empty((B, T, H * hd)), torch.empty_like(past_k), torch.empty_like(past_v)
+def _(q, k, v, past_k, past_v, pos, cos_table, sin_table, num_heads, window, scale, softcap):
+    return torch.empty_like(q), torch.empty_like(past_k), torch.empty_like(past_v)
 
 
 @dataclass
@@ -95,6 +101,8 @@ class AttnContext:
     k_pos: torch.Tensor  # (B, S) key positions, -1 = not visible
     vis: torch.Tensor  # (B, 1, 1, T, S) mask
     ring_idx: torch.Tensor | None  # (W,) ring update gather index (local layers with a cache)
+    cos_table: torch.Tensor | None = None  # (L, rot / 2) for ops that apply RoPE themselves
+    sin_table: torch.Tensor | None = None
 
     @staticmethod
     def build(inv_freq, pos, batch: int, window: int, causal: bool, cache_len: int | None, key_mask=None):
@@ -149,6 +157,8 @@ class Attention(nn.Module):
         ctx: AttnContext,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,  # (B, kvH, S, hd) each
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        if self.use_cached_op and cache is not None and self.causal:
+            return self._cached_forward(x, ctx, cache)
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, kvH, T, hd)
@@ -158,11 +168,6 @@ class Attention(nn.Module):
         q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
 
         new_cache = None
-        if self.use_cached_op and cache is not None and self.causal:
-            out, *new_cache = torch.ops.gemma_edge.cached_attention(
-                q, k, v, cache[0], cache[1], ctx.pos, self.window, self.scale, self.softcap
-            )
-            return self.o_proj(out), tuple(new_cache)
         if cache is None:
             keys, values = k, v
         elif self.window:  # ring: attend to (ring before the chunk, chunk), then keep the newest W
@@ -180,3 +185,16 @@ class Attention(nn.Module):
             out = ops.masked_attention(q, keys, values, ctx.vis, self.scale, self.softcap)
         out = out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         return self.o_proj(out), new_cache
+
+    def _cached_forward(self, x: torch.Tensor, ctx: AttnContext, cache: tuple[torch.Tensor, torch.Tensor]):
+        """The same attention through ``gemma_edge::cached_attention`` (RoPE and cache update inside)."""
+        B, T, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, heads * hd)
+        if self.q_norm is not None:
+            q = self.q_norm(q.view(B, T, self.num_heads, self.head_dim)).reshape(B, T, -1)
+            k = self.k_norm(k.view(B, T, self.num_kv_heads, self.head_dim)).reshape(B, T, -1)
+        out, present_k, present_v = torch.ops.gemma_edge.cached_attention(
+            q, k, v, cache[0], cache[1], ctx.pos, ctx.cos_table, ctx.sin_table, self.num_heads, self.window,
+            self.scale, self.softcap,
+        )  # fmt: skip
+        return self.o_proj(out), (present_k, present_v)

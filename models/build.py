@@ -62,10 +62,12 @@ def use_custom_ops(model: nn.Module, enabled: bool = True) -> nn.Module:
     return model
 
 
-def use_cached_attention(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Route causal attention with a cache through ``gemma_edge::cached_attention``, which owns the
-    cache update (backends whose attention kernel manages the KV cache, like ONNX Runtime's GQA)."""
+def use_cached_attention(model: nn.Module, max_seq_len: int, enabled: bool = True) -> nn.Module:
+    """Route causal attention with a cache through ``gemma_edge::cached_attention``, which owns RoPE
+    and the cache update (backends whose attention kernel does both, like ONNX Runtime's GQA), with
+    RoPE tables for positions below ``max_seq_len``."""
     for m in model.modules():
         if isinstance(m, Attention):
             m.use_cached_op = enabled
+    model.backbone.rope_table_len = max_seq_len if enabled else 0
     return model

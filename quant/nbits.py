@@ -152,7 +152,11 @@ def quantize_for_onnx(model: nn.Module, recipe) -> dict:
             model.backbone.embed = NBitsEmbedding(model.lm_head)
         else:
             model.backbone.embed = NBitsEmbedding(_table_linear(table, recipe.embedding_bits, block), owned=True)
-        layout["embedding"] = {"op": "GatherBlockQuantized", "bits": recipe.embedding_bits}
+        layout["embedding"] = {
+            "op": "GatherBlockQuantized",
+            "bits": recipe.embedding_bits,
+            "shared_with_head": head is None,
+        }
     if recipe.weight_bits is not None:
         level = 4 if recipe.dynamic_activations else 0
         n = _replace_linears(model, recipe.weight_bits, block, level, skip=None)

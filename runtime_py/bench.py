@@ -74,7 +74,10 @@ def _timed(fn):
 
 
 def _weight_bytes(artifact_dir: Path, manifest: dict) -> int:
-    return (artifact_dir / manifest["model_file"]).stat().st_size
+    """The model file plus its external weights (``model.onnx.data``) where it has them."""
+    model = artifact_dir / manifest["model_file"]
+    data = model.with_name(model.name + ".data")
+    return model.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
 def benchmark(artifact_dir: str | Path, profile: str = "phone-mid", *, repeats: int = 3, decode_steps: int = 32,
@@ -152,7 +155,9 @@ def _roofline(s, res: dict, bw: float) -> dict:
     out = {}
     weights = res["model_file_bytes"]
     rec, cfg = s.manifest["recipe"], s.config
-    if rec.get("embedding_bits"):  # an untied quantized table: one row is read per token, not all
+    layout = next(iter(s.manifest["methods"].values())).get("quantization", {})
+    shared = layout.get("embedding", {}).get("shared_with_head", False)  # then the head reads it all
+    if rec.get("embedding_bits") and not shared:  # an untied quantized table: one row is read per token
         gs = rec["group_size"] if rec["embedding_bits"] == 4 and rec["group_size"] else cfg.d_model
         weights -= cfg.vocab_size * cfg.d_model * rec["embedding_bits"] // 8 + cfg.vocab_size * (cfg.d_model // gs) * 4
     for ctx, st in res["decode_tok_s"].items():

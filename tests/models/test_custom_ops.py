@@ -168,7 +168,7 @@ def test_cached_attention_path_equals_full_forward(preset):
     model = models.build(preset, seed=0)
     ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
     ref = model(ids)
-    models.use_cached_attention(model)
+    models.use_cached_attention(model, 64)
     state, pos, outs = model.init_state(1, 64, ring_extra=1), 0, []
     for n in [3, 9, 1, 1, 13, 5, 8]:  # chunks shorter and longer than the window of 8
         logits, state = model(ids[:, pos : pos + n], torch.arange(pos, pos + n), state)
@@ -178,6 +178,8 @@ def test_cached_attention_path_equals_full_forward(preset):
 
 
 def test_opcheck_cached_attention():
-    q, k, v = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)
+    q, k, v = torch.randn(1, 3, 32), torch.randn(1, 3, 16), torch.randn(1, 3, 16)
     past = torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 8)
-    torch.library.opcheck(torch.ops.gemma_edge.cached_attention, (q, k, v, *past, torch.arange(5, 8), 8, 0.3, 2.0))
+    tables = torch.randn(16, 4).cos(), torch.randn(16, 4).sin()
+    args = (q, k, v, *past, torch.arange(5, 8), *tables, 4, 8, 0.3, 2.0)
+    torch.library.opcheck(torch.ops.gemma_edge.cached_attention, args)
