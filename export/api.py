@@ -92,11 +92,13 @@ def export(
     reference: Callable[[], nn.Module] | None = None,
     source: str | None = None,
     progress: Callable[[str], None] = print,
+    ort_format: bool = False,
 ) -> Path:
     """Export ``model`` (an eval fp32 gemma_edge model) to an artifact directory; return its path.
 
     ``inplace=True`` quantizes ``model`` itself instead of a copy, halving peak memory for large
-    models; the caller must not use it afterwards. Verify then needs ``reference``, a function that
+    models; the caller must not use it afterwards. ``ort_format`` (onnx only) also writes
+    ``model.ort``, the ORT-format model that ONNX Runtime Mobile loads. Verify then needs ``reference``, a function that
     rebuilds the fp32 model (from a checkpoint, or a preset and seed), called after lowering.
     """
     cfg: ModelConfig = model.config
@@ -107,6 +109,8 @@ def export(
     rec = parse_recipe(recipe, group_size) if isinstance(recipe, str) else recipe
     b = BACKENDS[backend]()
     b.check_supported(rec)
+    if ort_format and backend != "onnx":
+        raise InputError(f"ort_format is an ONNX Runtime option; backend is {backend!r}")
     if rec.embedding_bits is not None and not cfg.causal:
         base = rec.name.split("+")[0]
         raise ExportError(f"recipe {rec.name}: embedding quantization is for causal LMs (EmbeddingGemma: use {base})")
@@ -138,7 +142,7 @@ def export(
         progress(f"[2/4] export + lower to {backend} ({ops} ops)")
         methods = b.lower(
             prepared, max_seq_len=max_seq_len, prefill_chunk=chunk, metadata=metadata, recipe=rec, out=d,
-            progress=lambda m: progress(f"      {m}"),
+            progress=lambda m: progress(f"      {m}"), **({"ort_format": True} if ort_format else {}),
         )  # fmt: skip
         timings["lower_s"] = time.perf_counter() - t0
         if tok is not None:

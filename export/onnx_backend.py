@@ -36,6 +36,7 @@ from gemma_edge.quant.nbits import quantize_for_onnx
 __all__ = ["OnnxCausal", "OnnxEncoder", "check_supported", "prepare", "lower", "runtime_version", "state_names"]
 
 MODEL_FILE = "model.onnx"
+ORT_FILE = "model.ort"
 # onnxruntime-genai allocates a windowed layer's cache as window + cache_slack slots (slack >= 1;
 # 0 means its default of 16): local rings get one spare slot so genai's buffers fit them exactly.
 GENAI_RING_SLACK = 1
@@ -212,6 +213,18 @@ def _translations() -> dict:
     }
 
 
+def write_ort_format(onnx_path: Path, ort_path: Path) -> None:
+    """The ORT-format (flatbuffer) model ONNX Runtime Mobile loads, optimized at the extended level:
+    graph fusions that hold on any CPU, none of the x86-specific layout changes of the full level."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(ort_path)
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+
 GENAI_TYPES = {"gemma2": "gemma2", "gemma3": "gemma3_text"}
 
 
@@ -250,8 +263,9 @@ def genai_config(cfg, max_seq_len: int, metadata: dict) -> dict:
 
 
 def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: dict, recipe: Recipe,
-          out: Path, progress=lambda msg: None) -> dict:  # fmt: skip
-    """Export to ``out/model.onnx`` (+ external data); return the method signatures."""
+          out: Path, progress=lambda msg: None, ort_format: bool = False) -> dict:  # fmt: skip
+    """Export to ``out/model.onnx`` (+ external data, and ``model.ort`` if asked); return the method
+    signatures."""
     import warnings
 
     cfg = model.config
@@ -309,6 +323,9 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
             raise ExportError("torch.onnx.export returned no program")
         progress(f"write {MODEL_FILE} (+ external data)")
         program.save(str(path), external_data=True)
+    if ort_format:
+        progress(f"write {ORT_FILE} (ORT format, extended optimizations)")
+        write_ort_format(path, out / ORT_FILE)
     if cfg.family in GENAI_TYPES:
         (out / "genai_config.json").write_text(json.dumps(genai_config(cfg, max_seq_len, metadata), indent=2))
     if cfg.causal:

@@ -1,7 +1,7 @@
 """The gemma-edge command line: a thin layer over the Python API.
 
 gemma-edge inspect [PRESET_OR_CHECKPOINT]
-gemma-edge export PRESET_OR_CHECKPOINT --backend executorch --quant 8da4w --max-seq-len N --ops portable -o DIR
+gemma-edge export PRESET_OR_CHECKPOINT --backend executorch|onnx --quant 8da4w --max-seq-len N --ops portable -o DIR
 gemma-edge verify ARTIFACT [--reference PRESET_OR_CHECKPOINT]
 gemma-edge bench ARTIFACT --profile NAME
 gemma-edge demo [PRESET_OR_CHECKPOINT]      (the main job: export, verify, bench, one summary)
@@ -81,7 +81,7 @@ def _do_export(args, source: str, out: Path) -> Path:
     return export(
         model, args.backend, args.quant, args.max_seq_len, args.ops, out, prefill_chunk=args.prefill_chunk,
         group_size=args.group_size, tokenizer_path=tok, verify=not args.no_verify, overwrite=args.overwrite,
-        inplace=True, reference=lambda: _resolve(source, args.seed, allow)[0], source=src,
+        inplace=True, reference=lambda: _resolve(source, args.seed, allow)[0], source=src, ort_format=args.ort_format,
         progress=lambda m: print(f"{time.perf_counter() - t0:7.1f}s {m}", flush=True),
     )  # fmt: skip
 
@@ -150,7 +150,7 @@ def _export_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     from gemma_edge.models import DEFAULT_PRESET
 
     p.add_argument("model", nargs="?" if demo else None, default=DEFAULT_PRESET, help="preset name or checkpoint dir")
-    p.add_argument("--backend", default="executorch", choices=["executorch"])
+    p.add_argument("--backend", default="executorch", choices=["executorch", "onnx"])
     p.add_argument("--quant", default="8da4w+emb4", help="fp32 | 8da4w, optionally +emb8 / +emb4 (default 8da4w+emb4)")
     p.add_argument("--max-seq-len", type=int, default=1024)
     p.add_argument("--ops", default="portable", choices=["portable", "fused"])
@@ -159,6 +159,7 @@ def _export_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0, help="random-init seed when MODEL is a preset")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--allow-unknown-keys", action="store_true")
+    p.add_argument("--ort-format", action="store_true", help="onnx: also write model.ort for ONNX Runtime Mobile")
     if demo:
         p.add_argument("-o", "--output", default="artifacts/demo")
         p.add_argument("--profile", default="phone-mid")
