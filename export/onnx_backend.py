@@ -11,6 +11,11 @@ Gemma 2 / Gemma 3 artifacts carry a ``genai_config.json``, so onnxruntime-genai 
 (with ``max_length`` = the artifact's max_seq_len, since its buffers must match the graph's); it has
 no RG-LRU state or encoder support, so RecurrentGemma and EmbeddingGemma artifacts have none.
 
+``--ops fused`` lowers attention to GroupQueryAttention (RoPE, softcap, window and window-sized cache
+inside the kernel; head sizes that are multiples of 16) and Griffin's conv to CausalConvWithState.
+The RG-LRU scan stays in standard ops (its loop-free closed form): ONNX Runtime has no such kernel and
+its wheel ships no headers to compile a custom-op library against.
+
 Quantized recipes become MatMulNBits (and GatherBlockQuantized for ``+emb4``) through
 ``custom_translation_table``; weights go to external data (``model.onnx.data``).
 """
@@ -27,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.export import Dim
 
-from gemma_edge.models import CausalLM, Encoder, use_cached_attention
+from gemma_edge.models import CausalLM, Encoder, use_stateful_ops
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.layers import RMSNorm
 from gemma_edge.quant import Recipe
@@ -126,8 +131,8 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True)
     _swap_norms(model)
     if recipe.is_quantized:
         model.onnx_quant_layout = quantize_for_onnx(model, recipe)
-    if ops == "fused" and gqa_fits(model.config):
-        use_cached_attention(model, model.config.max_seq_len)  # lower() trims the RoPE tables
+    if ops == "fused" and model.config.causal:  # lower() trims the RoPE tables to max_seq_len
+        use_stateful_ops(model, model.config.max_seq_len, attention=gqa_fits(model.config))
     return model
 
 
@@ -162,6 +167,12 @@ def _register_contrib_schemas() -> None:
         [("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")],
     )  # fmt: skip
     outputs["GroupQueryAttention"] = [P("output", "T"), P("present_key", "T"), P("present_value", "T")]
+    specs["CausalConvWithState"] = (
+        [P("input", "T"), P("weight", "T"), P("bias", "T"), P("past_state", "T")],
+        ["channels_last"],
+        [("T", ["tensor(float)"], "")],
+    )
+    outputs["CausalConvWithState"] = [P("output", "T"), P("present_state", "T")]
     floats = {"GroupQueryAttention": ["scale", "softcap"]}
     for name, (inputs, attrs, types) in specs.items():
         if defs.has(name, "com.microsoft"):
@@ -176,7 +187,8 @@ def _register_contrib_schemas() -> None:
 
 
 def _translations() -> dict:
-    """Translations of our quantized ops into ONNX Runtime's contrib ops (traced onnxscript)."""
+    """Translations of our ops into ONNX Runtime's contrib ops (traced onnxscript): MatMulNBits,
+    GatherBlockQuantized, GroupQueryAttention, CausalConvWithState."""
     import onnx
     from onnxscript import opset23 as op
     from onnxscript.values import Opset
@@ -206,7 +218,11 @@ def _translations() -> dict:
             sliding_window_cache=int(window > 0), do_rotary=1, rotary_interleaved=0,
         )  # fmt: skip
 
+    def causal_conv(x, weight, bias, past):
+        return msft.CausalConvWithState(x, weight, bias, past, channels_last=1)
+
     return {
+        torch.ops.gemma_edge.causal_conv.default: causal_conv,
         torch.ops.gemma_edge.matmul_nbits.default: matmul_nbits,
         torch.ops.gemma_edge.gather_nbits.default: gather_nbits,
         torch.ops.gemma_edge.cached_attention.default: cached_attention,

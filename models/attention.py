@@ -133,7 +133,7 @@ class Attention(nn.Module):
         self.softcap = cfg.attn_softcap or 0.0
         self.causal = cfg.causal
         self.use_custom_op = False  # set by models.use_custom_ops()
-        self.use_cached_op = False  # set by models.use_cached_attention(): the op updates the cache too
+        self.use_cached_op = False  # set by models.use_stateful_ops(): the op updates the cache too
         d, hd = cfg.d_model, cfg.head_dim
         self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=False)
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)

@@ -11,9 +11,9 @@ from .attention import Attention
 from .config import ModelConfig
 from .model import CausalLM, Encoder
 from .presets import get_preset
-from .recurrent import RGLRU
+from .recurrent import RGLRU, RecurrentBlock
 
-__all__ = ["build", "use_custom_ops", "use_cached_attention", "init_random_", "untie_head"]
+__all__ = ["build", "use_custom_ops", "use_stateful_ops", "init_random_", "untie_head"]
 
 
 def build(preset_or_config: str | ModelConfig, seed: int | None = None) -> nn.Module:
@@ -62,12 +62,15 @@ def use_custom_ops(model: nn.Module, enabled: bool = True) -> nn.Module:
     return model
 
 
-def use_cached_attention(model: nn.Module, max_seq_len: int, enabled: bool = True) -> nn.Module:
-    """Route causal attention with a cache through ``gemma_edge::cached_attention``, which owns RoPE
-    and the cache update (backends whose attention kernel does both, like ONNX Runtime's GQA), with
-    RoPE tables for positions below ``max_seq_len``."""
+def use_stateful_ops(model: nn.Module, max_seq_len: int, enabled: bool = True, attention: bool = True) -> nn.Module:
+    """Route the stateful parts through ops that own their state update, for backends whose kernels
+    do (ONNX Runtime's GroupQueryAttention and CausalConvWithState): causal attention with a cache
+    through ``gemma_edge::cached_attention`` (RoPE inside, tables for positions < ``max_seq_len``)
+    unless ``attention`` is False, and Griffin's conv through ``gemma_edge::causal_conv``."""
     for m in model.modules():
         if isinstance(m, Attention):
-            m.use_cached_op = enabled
-    model.backbone.rope_table_len = max_seq_len if enabled else 0
+            m.use_cached_op = enabled and attention
+        if isinstance(m, RecurrentBlock):
+            m.use_conv_op = enabled
+    model.backbone.rope_table_len = max_seq_len if enabled and attention else 0
     return model

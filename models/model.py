@@ -61,7 +61,7 @@ class Backbone(nn.Module):
         self.attn_kinds = sorted(set(cfg.layer_kinds) - {"recurrent"})
         for kind in self.attn_kinds:
             self.register_buffer(f"inv_freq_{kind}", Attention.inv_freq(cfg, kind), persistent=False)
-        self.rope_table_len = 0  # > 0: also give attention whole RoPE tables (models.use_cached_attention)
+        self.rope_table_len = 0  # > 0: also give attention whole RoPE tables (models.use_stateful_ops)
 
     def check_inputs(self, tokens: torch.Tensor, pos: torch.Tensor, cache_len: int | None) -> None:
         """Eager-mode input checks (skipped while tracing: they need concrete values)."""

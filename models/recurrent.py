@@ -9,7 +9,27 @@ from torch import nn
 from . import ops
 from .config import ModelConfig
 
-__all__ = ["RGLRU", "RecurrentBlock"]
+__all__ = ["RGLRU", "RecurrentBlock", "causal_conv"]
+
+
+@torch.library.custom_op("gemma_edge::causal_conv", mutates_args=())
+def causal_conv(
+    x: torch.Tensor,  # (B, T, L) channels last
+    weight: torch.Tensor,  # (L, 1, w) depthwise, weight[:, 0, -1] on the current token
+    bias: torch.Tensor,  # (L,)
+    past: torch.Tensor,  # (B, w - 1, L): the last w - 1 inputs before the chunk
+) -> tuple[torch.Tensor, torch.Tensor]:  # y (B, T, L), present (B, w - 1, L)
+    """Griffin's causal depthwise conv1d with its tail as state (ONNX Runtime's CausalConvWithState)."""
+    T, width = x.shape[1], weight.shape[-1]
+    full = torch.cat((past, x), dim=1)  # (B, w-1+T, L)
+    w = weight[:, 0, :]
+    y = bias + sum(full[:, i : i + T] * w[:, i] for i in range(width))
+    return y, full[:, full.shape[1] - (width - 1) :].clone()
+
+
+@causal_conv.register_fake
+def _(x, weight, bias, past):
+    return torch.empty_like(x), torch.empty_like(past)
 
 
 class RGLRU(nn.Module):
@@ -57,6 +77,7 @@ class RecurrentBlock(nn.Module):
         self.conv_weight = nn.Parameter(torch.zeros(L, 1, cfg.conv_width))
         self.conv_bias = nn.Parameter(torch.zeros(L))
         self.rg_lru = RGLRU(cfg)
+        self.use_conv_op = False  # set by models.use_stateful_ops(): gemma_edge::causal_conv
 
     def init_state(self, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         L = self.linear_x.out_features
@@ -74,9 +95,12 @@ class RecurrentBlock(nn.Module):
         conv_tail = torch.where(pos[0] == 0, torch.zeros_like(conv_tail), conv_tail)
         y = F.gelu(self.linear_y(x), approximate="tanh")
         u = self.linear_x(x)  # (B, T, L)
-        full = torch.cat((conv_tail, u), dim=1)  # (B, w-1+T, L)
-        w = self.conv_weight[:, 0, :]  # (L, w)
-        conv = self.conv_bias + sum(full[:, i : i + T] * w[:, i] for i in range(self.conv_width))
-        new_tail = full[:, full.shape[1] - (self.conv_width - 1) :]
+        if self.use_conv_op:
+            conv, new_tail = torch.ops.gemma_edge.causal_conv(u, self.conv_weight, self.conv_bias, conv_tail)
+        else:
+            full = torch.cat((conv_tail, u), dim=1)  # (B, w-1+T, L)
+            w = self.conv_weight[:, 0, :]  # (L, w)
+            conv = self.conv_bias + sum(full[:, i : i + T] * w[:, i] for i in range(self.conv_width))
+            new_tail = full[:, full.shape[1] - (self.conv_width - 1) :]
         lru, h = self.rg_lru(conv, pos, h0)
         return self.linear_out(lru * y), (new_tail, h)

@@ -93,8 +93,14 @@ class NBitsLinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.gemma_edge.matmul_nbits(x, self.qweight, self.scales, self.in_features, self.out_features,
-                                              self.bits, self.block_size, self.accuracy_level)  # fmt: skip
+        if torch.compiler.is_compiling():
+            y = torch.ops.gemma_edge.matmul_nbits(x, self.qweight, self.scales, self.in_features,
+                                                  self.out_features, self.bits, self.block_size,
+                                                  self.accuracy_level)  # fmt: skip
+        else:  # eager: the op's own math, with the dequantized weight kept after the first call
+            if getattr(self, "_weight", None) is None:
+                self._weight = dequantize_blockwise(self.qweight, self.scales, self.bits)
+            y = F.linear(x.float(), self._weight).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
 

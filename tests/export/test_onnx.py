@@ -21,6 +21,7 @@ from conftest import ALL_TINY, CAUSAL_PRESETS
 FAST = [(p, "fp32", "portable") for p in ALL_TINY] + [
     ("tiny-gemma3", "int4", "portable"),
     ("tiny-recurrentgemma", "int4", "portable"),
+    ("tiny-recurrentgemma", "int4", "fused"),
     ("tiny-gemma2", "8da4w+emb4", "portable"),
     ("tiny-gemma2", "fp32", "fused"),
     ("tiny-gemma3", "fp32", "fused"),
@@ -64,6 +65,8 @@ def test_onnx_export_verifies(artifact, preset, recipe, ops):
     n_attn = sum(k != "recurrent" for k in m["config"]["layer_kinds"]) if m["config"]["causal"] else 0
     gqa = m["ops"] == "fused" and m["config"]["head_dim"] % 16 == 0  # GQA's rotary needs multiples of 16
     assert nodes.count(("com.microsoft", "GroupQueryAttention")) == (n_attn if gqa else 0)
+    n_rec = sum(k == "recurrent" for k in m["config"]["layer_kinds"])
+    assert nodes.count(("com.microsoft", "CausalConvWithState")) == (n_rec if m["ops"] == "fused" else 0)
 
 
 @pytest.mark.slow

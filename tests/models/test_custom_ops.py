@@ -162,13 +162,13 @@ def test_reference_functions_are_the_op_kernels():
 
 
 @pytest.mark.parametrize("preset", CAUSAL_PRESETS)
-def test_cached_attention_path_equals_full_forward(preset):
-    """``gemma_edge::cached_attention`` (the op that owns its cache update) over mixed chunks, with
-    rings one slot wider than the window, reproduces the full forward."""
+def test_stateful_ops_path_equals_full_forward(preset):
+    """The ops that own their state update (``gemma_edge::cached_attention``, ``causal_conv``) over
+    mixed chunks, with rings one slot wider than the window, reproduce the full forward."""
     model = models.build(preset, seed=0)
     ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
     ref = model(ids)
-    models.use_cached_attention(model, 64)
+    models.use_stateful_ops(model, 64)
     state, pos, outs = model.init_state(1, 64, ring_extra=1), 0, []
     for n in [3, 9, 1, 1, 13, 5, 8]:  # chunks shorter and longer than the window of 8
         logits, state = model(ids[:, pos : pos + n], torch.arange(pos, pos + n), state)
@@ -183,3 +183,8 @@ def test_opcheck_cached_attention():
     tables = torch.randn(16, 4).cos(), torch.randn(16, 4).sin()
     args = (q, k, v, *past, torch.arange(5, 8), *tables, 4, 8, 0.3, 2.0)
     torch.library.opcheck(torch.ops.gemma_edge.cached_attention, args)
+
+
+def test_opcheck_causal_conv():
+    x, past = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    torch.library.opcheck(torch.ops.gemma_edge.causal_conv, (x, torch.randn(16, 1, 4), torch.randn(16), past))
