@@ -39,9 +39,16 @@ def _onnx():
     return b
 
 
+def _litert():
+    from . import litert_backend as b
+
+    return b
+
+
 # backend name -> loader of its module, which provides: MODEL_FILE, runtime_version(),
-# check_supported(recipe), prepare(model, recipe, ops, copy_model), lower(model, ...) -> methods.
-BACKENDS: dict[str, Callable] = {"executorch": _executorch, "onnx": _onnx}
+# check_supported(recipe), prepare(model, recipe, ops, copy_model), lower(model, ...) -> methods;
+# optionally eager_quantized(model, recipe, artifact_dir) when quantization happens after lowering.
+BACKENDS: dict[str, Callable] = {"executorch": _executorch, "onnx": _onnx, "litert": _litert}
 
 
 def default_prefill_chunk(cfg: ModelConfig, max_seq_len: int) -> int:
@@ -63,9 +70,13 @@ def special_tokens(cfg: ModelConfig, tokenizer_path: Path | None) -> dict:
     return ids
 
 
-def _eager_quantized(model: nn.Module, rec: Recipe, backend: str) -> nn.Module:
-    """The eager model as the backend prepares it (quantized, head untied where needed)."""
-    return BACKENDS[backend]().prepare(model, rec, "portable")
+def _eager_quantized(model: nn.Module, rec: Recipe, backend: str, artifact_dir: Path) -> nn.Module:
+    """The eager model quantized as the backend's runtime runs it: the prepared model, or the
+    backend's ``eager_quantized`` where quantization happens after lowering (LiteRT)."""
+    b = BACKENDS[backend]()
+    if hasattr(b, "eager_quantized"):
+        return b.eager_quantized(model, rec, artifact_dir)
+    return b.prepare(model, rec, "portable")
 
 
 def _verify_tokens(cfg: ModelConfig, max_seq_len: int, seed: int = 0) -> list[int]:
@@ -157,7 +168,9 @@ def export(
         if verify:
             t0 = time.perf_counter()
             progress("[3/4] verify against the eager model")
-            eager_q = prepared if rec.is_quantized else None  # the prepared model is the eager quantized one
+            eager_q = None
+            if rec.is_quantized:  # the prepared model is the eager quantized one, unless quantized later
+                eager_q = b.eager_quantized(prepared, rec, d) if hasattr(b, "eager_quantized") else prepared
             fp32 = reference() if inplace else model
             manifest["parity"] = run_verify(d, fp32, rec, backend, eager_quantized=eager_q)
             timings["verify_s"] = time.perf_counter() - t0
@@ -181,7 +194,9 @@ def run_verify(artifact_dir: Path, model: nn.Module, rec: Recipe, backend: str, 
     cfg = model.config
     base = rec.name.split("+")[0]
     if rec.is_quantized:
-        lowering = eager_quantized if eager_quantized is not None else _eager_quantized(model, rec, backend)
+        lowering = (
+            eager_quantized if eager_quantized is not None else _eager_quantized(model, rec, backend, artifact_dir)
+        )
         refs = {"lowering": lowering, "quantization": model}
     else:
         refs = {"reference": model}

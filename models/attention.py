@@ -28,7 +28,7 @@ def ring_slot_positions(start: torch.Tensor, window: int) -> torch.Tensor:
 
     Slot s holds the latest p < start with p % window == s.
     """
-    s = torch.arange(window, device=start.device)
+    s = torch.arange(window, device=start.device, dtype=start.dtype)
     # "+ window" keeps the dividend >= 0: ExecuTorch's portable int remainder follows C's sign rule.
     p = start - 1 - torch.remainder(start - 1 - s + window, window)
     return torch.where(p >= 0, p, torch.full_like(p, -1))
@@ -41,7 +41,7 @@ def _ring_update_index(start: torch.Tensor, T: int, window: int) -> torch.Tensor
     window + p - start) when p >= start, else unchanged (index s). One gather of fixed size, for any
     T, with no data-dependent shapes.
     """
-    s = torch.arange(window, device=start.device)
+    s = torch.arange(window, device=start.device, dtype=start.dtype)
     last = start + T - 1
     p = last - torch.remainder(last - s + window, window)  # dividend >= 0, see ring_slot_positions
     return torch.where(p >= start, window + p - start, s)
@@ -80,7 +80,7 @@ def cached_attention(
         present_k, present_v = keys.index_select(2, idx), values.index_select(2, idx)
     else:
         present_k, present_v = past_k.index_copy(2, pos, k), past_v.index_copy(2, pos, v)
-        keys, values, k_pos = present_k, present_v, torch.arange(C)
+        keys, values, k_pos = present_k, present_v, torch.arange(C, dtype=pos.dtype)
     k_pos = k_pos[None, :].expand(B, -1)
     out = ops.attention_reference(q, keys, values, pos, k_pos, window, scale, softcap, True)
     return out.transpose(1, 2).reshape(B, T, num_heads * hd), present_k, present_v
@@ -118,7 +118,7 @@ class AttnContext:
             k_pos = torch.cat((ring_slot_positions(pos[0], cache_len), pos))[None, :].expand(batch, cache_len + T)
             ring_idx = _ring_update_index(pos[0], T, cache_len)
         else:  # global cache indexed by position
-            k_pos = torch.arange(cache_len, device=pos.device)[None, :].expand(batch, cache_len)
+            k_pos = torch.arange(cache_len, device=pos.device, dtype=pos.dtype)[None, :].expand(batch, cache_len)
         vis = ops.visible_mask(pos, k_pos, window, causal)
         return AttnContext(pos, emb.cos(), emb.sin(), k_pos, vis, ring_idx)
 
@@ -133,6 +133,7 @@ class Attention(nn.Module):
         self.softcap = cfg.attn_softcap or 0.0
         self.causal = cfg.causal
         self.use_custom_op = False  # set by models.use_custom_ops()
+        self.op_impl = None  # a backend's stand-in for the op (same signature), e.g. a named composite
         self.use_cached_op = False  # set by models.use_stateful_ops(): the op updates the cache too
         d, hd = cfg.d_model, cfg.head_dim
         self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=False)
@@ -174,10 +175,12 @@ class Attention(nn.Module):
             keys, values = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)  # (B, kvH, W+T, hd)
             new_cache = (keys.index_select(2, ctx.ring_idx), values.index_select(2, ctx.ring_idx))
         else:  # global cache indexed by absolute position
-            new_cache = (cache[0].index_copy(2, ctx.pos, k), cache[1].index_copy(2, ctx.pos, v))
+            new_cache = (cache[0].index_copy(2, ctx.pos.long(), k), cache[1].index_copy(2, ctx.pos.long(), v))
             keys, values = new_cache
 
-        if self.use_custom_op:
+        if self.op_impl is not None:
+            out = self.op_impl(q, keys, values, ctx.pos, ctx.k_pos, self.window, self.scale, self.softcap, self.causal)
+        elif self.use_custom_op:
             out = torch.ops.gemma_edge.sliding_window_attention(
                 q, keys, values, ctx.pos, ctx.k_pos, self.window, self.scale, self.softcap, self.causal
             )

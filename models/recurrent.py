@@ -40,6 +40,7 @@ class RGLRU(nn.Module):
         H, bw = cfg.num_heads, cfg.lru_width // cfg.num_heads
         self.c = cfg.lru_c
         self.use_custom_op = False  # set by models.use_custom_ops()
+        self.op_impl = None  # a backend's stand-in for the op (same signature), e.g. a named composite
         self.a_param = nn.Parameter(torch.zeros(cfg.lru_width))
         self.gate_x_weight = nn.Parameter(torch.zeros(H, bw, bw))
         self.gate_x_bias = nn.Parameter(torch.zeros(H, bw))
@@ -58,6 +59,8 @@ class RGLRU(nn.Module):
             h0,
             self.c,
         )
+        if self.op_impl is not None:
+            return self.op_impl(*args)
         if self.use_custom_op:
             return torch.ops.gemma_edge.rg_lru(*args)
         # The plain path is loop-free so a chunk of symbolic length exports; the custom op's eager

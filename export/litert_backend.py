@@ -1,0 +1,260 @@
+"""LiteRT lowering: litert_torch.convert with litert-torch's generative signature conventions.
+
+Causal LMs get signatures ``prefill_{T}`` (T = the prefill chunk) and ``decode`` (T = 1), with inputs
+``tokens`` [1, T] int32, ``input_pos`` [T] int32 and the state as explicit tensors, returned updated
+alongside ``logits`` [1, 1, vocab] (the last position): ``kv_cache_k_{i}`` / ``kv_cache_v_{i}``
+[1, kvH, S, hd] per attention layer (S = window for local layers, a ring; max_seq_len for global
+ones) and ``conv_state_{i}`` / ``rglru_state_{i}`` per recurrent layer. The encoder gets ``embed``
+over ``tokens`` and ``attention_mask`` [1, max_seq_len] int32 (right padding) -> ``embedding``.
+
+``--ops fused`` wraps each of our two ops in a named STABLEHLO_COMPOSITE
+(``gemma_edge.sliding_window_attention``, ``gemma_edge.rg_lru``) whose decomposition is the reference
+math, so the stock interpreter runs it and a delegate can match the name; ``--ops portable`` emits
+TFLite builtins only.
+
+Quantization runs ai-edge-quantizer on the converted flatbuffer: ``int8`` -> weight-only int8 per
+channel, ``int4`` and ``8da4w`` -> dynamic int4 in blocks of the group size (32 or 128; LiteRT's int4
+kernels quantize activations on the fly), ``fp16`` -> fp16 weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gemma_edge.models import CausalLM, Encoder, ops
+from gemma_edge.models.attention import Attention
+from gemma_edge.models.errors import ExportError
+from gemma_edge.models.recurrent import RGLRU
+from gemma_edge.quant import Recipe
+
+__all__ = ["check_supported", "prepare", "lower", "runtime_version", "state_names"]
+
+MODEL_FILE = "model.tflite"
+
+
+def runtime_version() -> str:
+    return version("ai-edge-litert")
+
+
+def state_names(cfg) -> list[str]:
+    names = []
+    for i, kind in enumerate(cfg.layer_kinds):
+        names += (
+            [f"conv_state_{i}", f"rglru_state_{i}"] if kind == "recurrent" else [f"kv_cache_k_{i}", f"kv_cache_v_{i}"]
+        )
+    return names
+
+
+class LiteRTCausal(nn.Module):
+    def __init__(self, model: CausalLM) -> None:
+        super().__init__()
+        self.model = model
+        self.names = state_names(model.config)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, **state: torch.Tensor) -> dict:
+        flat = [state[n] for n in self.names]
+        pairs = [tuple(flat[i : i + 2]) for i in range(0, len(flat), 2)]
+        h, new = self.model.backbone(tokens, input_pos, pairs)  # int32 positions throughout
+        out = {"logits": self.model.logits(h[:, -1:, :])}
+        out.update(zip(self.names, [t for s in new for t in s]))
+        return out
+
+
+class LiteRTEncoder(nn.Module):
+    def __init__(self, model: Encoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+        return {"embedding": self.model(tokens, attention_mask)}
+
+
+def _composite_attention(q, k, v, q_pos, k_pos, window, scale, softcap, causal):
+    from litert_torch.hlfb import StableHLOCompositeBuilder
+
+    b = StableHLOCompositeBuilder(
+        name="gemma_edge.sliding_window_attention",
+        attr={"window": int(window), "scale": float(scale), "softcap": float(softcap), "causal": bool(causal)},
+    )
+    q, k, v, q_pos, k_pos = b.mark_inputs(q, k, v, q_pos, k_pos)
+    out = ops.attention_reference(q, k, v, q_pos, k_pos, window, scale, softcap, causal)
+    return b.mark_outputs(out)
+
+
+def _composite_rg_lru(x, gxw, gxb, gaw, gab, a_param, pos, h0, c):
+    from litert_torch.hlfb import StableHLOCompositeBuilder
+
+    b = StableHLOCompositeBuilder(name="gemma_edge.rg_lru", attr={"c": float(c)})
+    x, gxw, gxb, gaw, gab, a_param, pos, h0 = b.mark_inputs(x, gxw, gxb, gaw, gab, a_param, pos, h0)
+    y, h = ops.rg_lru_closed_form(x, gxw, gxb, gaw, gab, a_param, pos, h0, c)
+    y, h = b.mark_outputs(y, h)
+    return y, h
+
+
+QUANT = {  # recipe base -> what ai-edge-quantizer makes of it
+    "int8": "weight-only int8, per channel",
+    "int4": "dynamic int4, blockwise",
+    "8da4w": "dynamic int4, blockwise",
+}
+
+
+def check_supported(recipe: Recipe) -> None:
+    if recipe.embedding_bits is not None:
+        raise ExportError(
+            f"recipe {recipe.name} on litert: ai-edge-quantizer quantizes the embedding lookup with the "
+            "other weights; use the recipe without +emb"
+        )
+    if recipe.weight_bits == 4 and recipe.group_size not in (32, 128):
+        raise ExportError(
+            f"recipe {recipe.name} on litert: int4 blocks are 32 or 128, got group size {recipe.group_size}"
+        )
+
+
+def prepare(model: nn.Module, recipe: Recipe, ops_mode: str, copy_model: bool = True) -> nn.Module:
+    """A private copy (unless ``copy_model`` is False), with our ops as named composites if fused.
+    Quantization happens on the flatbuffer after conversion (``lower``)."""
+    model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.op_impl = _composite_attention if ops_mode == "fused" else None
+        if isinstance(m, RGLRU):
+            m.op_impl = _composite_rg_lru if ops_mode == "fused" else None
+    return model
+
+
+class _DynamicQuantLinear(nn.Module):
+    """A linear whose input is fake-quantized per row to asymmetric int8, as LiteRT's dynamic-range
+    kernels (XNNPACK qd8) quantize activations on the fly."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo = x.amin(-1, keepdim=True).clamp(max=0)
+        hi = x.amax(-1, keepdim=True).clamp(min=0)
+        scale = ((hi - lo) / 255).clamp(min=1e-12)
+        zp = torch.round(-128 - lo / scale)
+        xq = (torch.clamp(torch.round(x / scale) + zp, -128, 127) - zp) * scale
+        return self.linear(xq)
+
+
+def _artifact_weights(tflite: Path) -> dict[tuple[int, ...], list[torch.Tensor]]:
+    """Every quantized constant of the flatbuffer, dequantized, grouped by shape."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(tflite))
+    found: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for t in interp.get_tensor_details():
+        qp = t["quantization_parameters"]
+        if t["dtype"] != np.int8 or len(t["shape"]) != 2 or not len(qp["scales"]):
+            continue
+        try:
+            q = torch.from_numpy(interp.get_tensor(t["index"]).astype(np.float32))
+        except ValueError:  # not a constant
+            continue
+        N, K = q.shape
+        scales = torch.from_numpy(qp["scales"].astype(np.float32)).reshape(N, -1)
+        w = q * scales.repeat_interleave(K // scales.shape[1], dim=1)
+        found.setdefault((N, K), []).append(w)
+    return found
+
+
+def eager_quantized(model: nn.Module, recipe: Recipe, artifact_dir: Path) -> nn.Module:
+    """The eager model with the artifact's own quantized weights (read back from the flatbuffer and
+    dequantized; each linear and the embedding table takes the candidate of its shape nearest to its
+    fp32 weight) and, for the dynamic recipes, activations fake-quantized as LiteRT does."""
+    from gemma_edge.models import untie_head
+
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, (Attention, RGLRU)):
+            m.op_impl = None
+    if model.config.causal:
+        untie_head(model)  # the head reads the same quantized table, then its input is quantized
+    found = _artifact_weights(artifact_dir / MODEL_FILE)
+    dynamic = recipe.name.split("+")[0] in ("int4", "8da4w")
+    targets = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
+    with torch.no_grad():
+        for m in targets:
+            cands = found.get(tuple(m.weight.shape), [])
+            if not cands:
+                continue
+            best = min(cands, key=lambda w: (w - m.weight).abs().max().item())
+            m.weight.copy_(best)
+        if dynamic:
+            _wrap_linears(model, {id(m) for m in targets if tuple(m.weight.shape) in found})
+    return model
+
+
+def _wrap_linears(module: nn.Module, quantized: set[int]) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear) and id(child) in quantized:
+            setattr(module, name, _DynamicQuantLinear(child))
+        else:
+            _wrap_linears(child, quantized)
+
+
+def _quantize(path: Path, recipe: Recipe) -> dict:
+    from ai_edge_quantizer import quantizer, recipe as aeq
+
+    base = recipe.name.split("+")[0]
+    if base == "int8":
+        rp = aeq.weight_only_wi8_afp32()
+    elif base in ("int4", "8da4w"):
+        gran = {32: aeq.QuantGranularity.BLOCKWISE_32, 128: aeq.QuantGranularity.BLOCKWISE_128}[recipe.group_size]
+        rp = aeq._dynamic_wix_afp32(num_bits=4, granularity=gran)
+    else:
+        raise ExportError(f"recipe {recipe.name} has no LiteRT realisation")
+    q = quantizer.Quantizer(str(path))
+    q.load_quantization_recipe(rp)
+    result = q.quantize()
+    path.write_bytes(bytes(result.quantized_model))
+    return {"tool": "ai-edge-quantizer", "scheme": QUANT[base], "block_size": recipe.group_size or None}
+
+
+def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: dict, recipe: Recipe,
+          out: Path, progress=lambda msg: None) -> dict:  # fmt: skip
+    """Convert to ``out/model.tflite``; return the signatures for the manifest."""
+    import litert_torch
+
+    cfg = model.config
+    path = out / MODEL_FILE
+    i32 = torch.int32
+    with torch.no_grad():
+        if cfg.causal:
+            wrapper = LiteRTCausal(model).eval()
+            state = dict(zip(wrapper.names, [t for s in model.init_state(1, max_seq_len) for t in s]))
+            specs = {}
+            for name, T in ((f"prefill_{prefill_chunk}", prefill_chunk), ("decode", 1)):
+                specs[name] = {"tokens": torch.zeros(1, T, dtype=i32), "input_pos": torch.arange(T, dtype=i32), **state}
+            if prefill_chunk == 1:
+                specs.pop(f"prefill_{prefill_chunk}")
+        else:
+            wrapper = LiteRTEncoder(model).eval()
+            x = torch.zeros(1, max_seq_len, dtype=i32)
+            specs = {"embed": {"tokens": x, "attention_mask": torch.ones_like(x)}}
+        progress(f"litert_torch.convert ({', '.join(specs)})")
+        conv = None
+        for name, kwargs in specs.items():
+            conv = (conv or litert_torch).signature(name, wrapper, sample_kwargs=kwargs)
+        conv.convert().export(str(path))
+    methods = {}
+    for name, kwargs in specs.items():
+        outs = wrapper(**kwargs)
+        methods[name] = {
+            "inputs": [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in kwargs.items()],
+            "outputs": [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in outs.items()],
+        }  # fmt: skip
+    if recipe.is_quantized:
+        progress(f"ai-edge-quantizer: {QUANT[recipe.name.split('+')[0]]}")
+        layout = _quantize(path, recipe)
+        for m in methods.values():
+            m["quantization"] = layout
+    return methods
