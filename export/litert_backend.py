@@ -202,7 +202,8 @@ def _wrap_linears(module: nn.Module, quantized: set[int]) -> None:
 
 
 def _quantize(path: Path, recipe: Recipe) -> dict:
-    from ai_edge_quantizer import quantizer, recipe as aeq
+    from ai_edge_quantizer import quantizer
+    from ai_edge_quantizer import recipe as aeq
 
     base = recipe.name.split("+")[0]
     if base == "int8":
@@ -217,6 +218,12 @@ def _quantize(path: Path, recipe: Recipe) -> dict:
     result = q.quantize()
     path.write_bytes(bytes(result.quantized_model))
     return {"tool": "ai-edge-quantizer", "scheme": QUANT[base], "block_size": recipe.group_size or None}
+
+
+def _spec(tensors: dict) -> list[dict]:
+    return [
+        {"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()
+    ]
 
 
 def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: dict, recipe: Recipe,
@@ -248,10 +255,7 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
     methods = {}
     for name, kwargs in specs.items():
         outs = wrapper(**kwargs)
-        methods[name] = {
-            "inputs": [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in kwargs.items()],
-            "outputs": [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in outs.items()],
-        }  # fmt: skip
+        methods[name] = {"inputs": _spec(kwargs), "outputs": _spec(outs)}
     if recipe.is_quantized:
         progress(f"ai-edge-quantizer: {QUANT[recipe.name.split('+')[0]]}")
         layout = _quantize(path, recipe)

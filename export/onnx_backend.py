@@ -198,12 +198,12 @@ def _translations() -> dict:
 
     def matmul_nbits(x, qweight, scales, in_features: int, out_features: int, bits: int, block_size: int,
                      accuracy_level: int):  # fmt: skip
-        flat_scales = op.Reshape(scales, op.Constant(value_ints=[-1]))  # MatMulNBits takes (N * blocks,)
-        return msft.MatMulNBits(x, qweight, flat_scales, K=in_features, N=out_features, bits=bits,
+        return msft.MatMulNBits(x, qweight, scales, K=in_features, N=out_features, bits=bits,
                                 block_size=block_size, accuracy_level=accuracy_level)  # fmt: skip
 
     def gather_nbits(qweight, scales, ids, bits: int, block_size: int):
         rows = op.Reshape(qweight, op.Constant(value_ints=[0, -1]))  # (N, K * bits / 8): one row per token
+        scales = op.Reshape(scales, op.Constant(value_ints=[qweight.shape[0], -1]))  # (N, K / block)
         return msft.GatherBlockQuantized(rows, ids, scales, bits=bits, block_size=block_size, gather_axis=0,
                                          quantize_axis=1)  # fmt: skip
 

@@ -140,6 +140,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=cfg.attn_out_bias)
+        self.qkv_proj = None  # a backend may fuse q/k/v into one linear (rows of q, then k, then v)
         self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
 
@@ -161,9 +162,10 @@ class Attention(nn.Module):
         if self.use_cached_op and cache is not None and self.causal:
             return self._cached_forward(x, ctx, cache)
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, kvH, T, hd)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(x)
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, kvH, T, hd)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
@@ -189,10 +191,17 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         return self.o_proj(out), new_cache
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v projections (B, T, heads * hd): one fused linear where a backend set ``qkv_proj``."""
+        if self.qkv_proj is not None:
+            kv = self.num_kv_heads * self.head_dim
+            return self.qkv_proj(x).split([self.num_heads * self.head_dim, kv, kv], dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
     def _cached_forward(self, x: torch.Tensor, ctx: AttnContext, cache: tuple[torch.Tensor, torch.Tensor]):
         """The same attention through ``gemma_edge::cached_attention`` (RoPE and cache update inside)."""
         B, T, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, heads * hd)
+        q, k, v = self.project(x)  # (B, T, heads * hd)
         if self.q_norm is not None:
             q = self.q_norm(q.view(B, T, self.num_heads, self.head_dim)).reshape(B, T, -1)
             k = self.k_norm(k.view(B, T, self.num_kv_heads, self.head_dim)).reshape(B, T, -1)

@@ -36,9 +36,14 @@ class GeGLU(nn.Module):
         self.gate_proj = nn.Linear(d_model, ffn_dim, bias=bias)
         self.up_proj = nn.Linear(d_model, ffn_dim, bias=bias)
         self.down_proj = nn.Linear(ffn_dim, d_model, bias=bias)
+        self.gate_up_proj = None  # a backend may fuse gate and up into one linear (gate rows first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 def rope_inv_freq(head_dim: int, fraction: float, base: float, linear_scale: float) -> torch.Tensor:

@@ -4,7 +4,8 @@ A weight W (N, K) is cut into blocks of ``block_size`` along K. Each block gets 
 s = m / -2^(bits-1), where m is the block's value of largest magnitude (sign kept), so that m maps
 to the most negative code exactly; q = clamp(round(w / s), -2^(bits-1), 2^(bits-1) - 1). Codes are
 stored unsigned (q + 2^(bits-1), ORT's default zero point) and, for 4 bits, two per byte, low
-nibble first: ``qweight`` (N, K / block, block * bits / 8) uint8, ``scales`` (N, K / block) fp32.
+nibble first: ``qweight`` (N, K / block, block * bits / 8) uint8, ``scales`` (N, K / block) fp32
+(held flat, (N * K / block,), by NBitsLinear: MatMulNBits takes them so, as a constant it can prepack).
 
 The eager kernels of ``gemma_edge::matmul_nbits`` and ``gemma_edge::gather_nbits`` dequantize and
 compute in fp32: they are the eager quantized model that an ONNX artifact is checked against, and
@@ -49,7 +50,7 @@ def dequantize_blockwise(qweight: torch.Tensor, scales: torch.Tensor, bits: int)
         q = torch.stack((qweight & 0xF, qweight >> 4), dim=-1).reshape(N, nb, 2 * blob)
     else:
         q = qweight
-    w = (q.to(torch.float32) - 2 ** (bits - 1)) * scales[..., None]
+    w = (q.to(torch.float32) - 2 ** (bits - 1)) * scales.reshape(N, nb)[..., None]
     return w.reshape(N, -1)
 
 
@@ -68,6 +69,7 @@ def _(x, qweight, scales, in_features, out_features, bits, block_size, accuracy_
 def gather_nbits(qweight: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor, bits: int,
                  block_size: int) -> torch.Tensor:  # fmt: skip
     flat = ids.reshape(-1)
+    scales = scales.reshape(qweight.shape[0], -1)
     rows = dequantize_blockwise(qweight.index_select(0, flat), scales.index_select(0, flat), bits)
     return rows.reshape(*ids.shape, -1)
 
@@ -89,7 +91,7 @@ class NBitsLinear(nn.Module):
         self.bits, self.block_size, self.accuracy_level = bits, block_size, accuracy_level
         q, s = quantize_blockwise(linear.weight, bits, block_size)
         self.register_buffer("qweight", q)
-        self.register_buffer("scales", s)
+        self.register_buffer("scales", s.reshape(-1))
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,6 +126,44 @@ class NBitsEmbedding(nn.Module):
         return torch.ops.gemma_edge.gather_nbits(s.qweight, s.scales, ids, s.bits, s.block_size)
 
 
+def fuse_nbits(parts: list[NBitsLinear]) -> NBitsLinear | None:
+    """One NBitsLinear computing ``torch.cat([p(x) for p in parts], -1)``: quantization blocks run
+    along K within each output row, so stacking rows is exact. None if the parts cannot be fused."""
+    first = parts[0]
+    same = all(
+        isinstance(p, NBitsLinear) and p.bias is None and p.in_features == first.in_features
+        and (p.bits, p.block_size, p.accuracy_level) == (first.bits, first.block_size, first.accuracy_level)
+        for p in parts
+    )  # fmt: skip
+    if not same:
+        return None
+    fused = NBitsLinear.__new__(NBitsLinear)
+    nn.Module.__init__(fused)
+    fused.in_features, fused.out_features = first.in_features, sum(p.out_features for p in parts)
+    fused.bits, fused.block_size, fused.accuracy_level = first.bits, first.block_size, first.accuracy_level
+    fused.register_buffer("qweight", torch.cat([p.qweight for p in parts]))
+    fused.register_buffer("scales", torch.cat([p.scales for p in parts]))
+    fused.bias = None
+    return fused
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Fuse each attention's q/k/v and each MLP's gate/up NBitsLinears (fewer, larger MatMulNBits);
+    return how many linears fusion removed."""
+    from gemma_edge.models.attention import Attention
+    from gemma_edge.models.layers import GeGLU
+
+    saved = 0  # linears removed by fusion
+    for m in list(model.modules()):
+        if isinstance(m, Attention) and (f := fuse_nbits([m.q_proj, m.k_proj, m.v_proj])) is not None:
+            m.qkv_proj, m.q_proj, m.k_proj, m.v_proj = f, None, None, None
+            saved += 2
+        elif isinstance(m, GeGLU) and (f := fuse_nbits([m.gate_proj, m.up_proj])) is not None:
+            m.gate_up_proj, m.gate_proj, m.up_proj = f, None, None
+            saved += 1
+    return saved
+
+
 def _replace_linears(module: nn.Module, bits: int, block_size: int, accuracy_level: int, skip) -> int:
     n = 0
     for name, child in module.named_children():
@@ -153,7 +193,8 @@ def quantize_for_onnx(model: nn.Module, recipe) -> dict:
         src = head if isinstance(head, nn.Linear) else nn.Linear(table.embedding_dim, table.num_embeddings, bias=False)
         if head is None:
             src.weight = table.weight  # tied: quantize the table once, for both uses
-        model.lm_head = NBitsLinear(src, recipe.embedding_bits, block)
+        level = 4 if recipe.dynamic_activations else 0  # the head computes like the other linears
+        model.lm_head = NBitsLinear(src, recipe.embedding_bits, block, level)
         if head is None:
             model.backbone.embed = NBitsEmbedding(model.lm_head)
         else:
@@ -168,6 +209,7 @@ def quantize_for_onnx(model: nn.Module, recipe) -> dict:
         n = _replace_linears(model, recipe.weight_bits, block, level, skip=None)
         if n == 0:
             raise InputError(f"recipe {recipe.name}: no linear layer has in_features divisible by block {block}")
+        n -= fuse_projections(model)
         layout["linear"] = {"op": "MatMulNBits", "bits": recipe.weight_bits, "accuracy_level": level, "count": n}
     return layout
 
