@@ -220,6 +220,27 @@ def _quantize(path: Path, recipe: Recipe) -> dict:
     return {"tool": "ai-edge-quantizer", "scheme": QUANT[base], "block_size": recipe.group_size or None}
 
 
+def composite_names(tflite: Path) -> list[str]:
+    """Names of the STABLEHLO_COMPOSITE ops in a .tflite file (read from the flatbuffer)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.Model.GetRootAsModel(tflite.read_bytes(), 0)
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    names = []
+    for g in range(model.SubgraphsLength()):
+        sub = model.Subgraphs(g)
+        for i in range(sub.OperatorsLength()):
+            op = sub.Operators(i)
+            code = codes[op.OpcodeIndex()]
+            if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != fb.BuiltinOperator.STABLEHLO_COMPOSITE:
+                continue
+            opts = fb.StableHLOCompositeOptions()
+            table = op.BuiltinOptions2()
+            opts.Init(table.Bytes, table.Pos)
+            names.append(opts.Name().decode())
+    return names
+
+
 def _spec(tensors: dict) -> list[dict]:
     return [
         {"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()

@@ -1,0 +1,98 @@
+"""LiteRT export of every family: parity in LiteRT's interpreter, litert-torch's signature
+conventions, window-sized rings, named composites in the flatbuffer, ai-edge-quantizer recipes."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from gemma_edge import models
+from gemma_edge.export import export
+from gemma_edge.export.litert_backend import composite_names
+from gemma_edge.models import ExportError
+from gemma_edge.runtime_py import load
+
+from conftest import ALL_TINY, CAUSAL_PRESETS
+
+FAST = [(p, "fp32", "portable") for p in ALL_TINY] + [
+    ("tiny-gemma3", "int4", "portable"),
+    ("tiny-recurrentgemma", "fp32", "fused"),
+    ("tiny-gemma2", "int4", "fused"),
+]
+FULL = [
+    (p, r, o)
+    for p in ALL_TINY
+    for r in ("fp32", "int4", "int8", "8da4w")
+    for o in ("portable", "fused")
+    if (p, r, o) not in FAST
+]
+
+
+def _art(artifact, preset, recipe="fp32", ops="portable"):
+    return artifact(preset, recipe, ops, backend="litert")
+
+
+@pytest.mark.parametrize("preset, recipe, ops", FAST)
+def test_litert_export_verifies(artifact, preset, recipe, ops):
+    d = _art(artifact, preset, recipe, ops)
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["backend"] == "litert" and m["model_file"] == "model.tflite" and m["parity"]["missed"] == []
+    res = m["parity"]["results"]
+    if not m["config"]["causal"]:
+        assert res["reference"]["cosine"] >= 0.9999
+    elif recipe == "fp32":
+        r = res["reference"]
+        assert r["max_abs"] <= 1e-3 and r["greedy"] == 1.0 and r["greedy_steps"] == 64
+    else:
+        assert res["lowering"]["kl"] <= 5e-3 and res["quantization"]["kl"] > res["lowering"]["kl"]
+    names = Counter(composite_names(d / "model.tflite"))
+    cfg = models.get_preset(preset)
+    n_sigs = len(m["methods"])
+    if ops == "fused":  # one composite per op call in each signature
+        assert names["gemma_edge.sliding_window_attention"] == n_sigs * sum(k != "recurrent" for k in cfg.layer_kinds)
+        assert names["gemma_edge.rg_lru"] == n_sigs * sum(k == "recurrent" for k in cfg.layer_kinds)
+    else:
+        assert not names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, recipe, ops", FULL)
+def test_litert_export_verifies_full_matrix(artifact, preset, recipe, ops):
+    m = json.loads((_art(artifact, preset, recipe, ops) / "manifest.json").read_text())
+    assert m["parity"]["missed"] == []
+
+
+@pytest.mark.parametrize("preset", CAUSAL_PRESETS)
+def test_signatures_follow_litert_torch_conventions(artifact, preset):
+    from ai_edge_litert.interpreter import Interpreter
+
+    d = _art(artifact, preset)
+    cfg = models.get_preset(preset)
+    sigs = Interpreter(model_path=str(d / "model.tflite")).get_signature_list()
+    m = json.loads((d / "manifest.json").read_text())
+    assert set(sigs) == {f"prefill_{m['prefill_chunk']}", "decode"}
+    shapes = {i["name"]: i["shape"] for i in m["methods"]["decode"]["inputs"]}
+    assert shapes["tokens"] == [1, 1] and shapes["input_pos"] == [1]
+    for i, kind in enumerate(cfg.layer_kinds):
+        if kind == "recurrent":
+            assert {f"conv_state_{i}", f"rglru_state_{i}"} <= set(sigs["decode"]["inputs"])
+        else:
+            slots = cfg.window if kind == "local" else 96  # a ring of window slots, not max_seq_len
+            assert shapes[f"kv_cache_k_{i}"] == [1, cfg.num_kv_heads, slots, cfg.head_dim]
+            assert {f"kv_cache_k_{i}", f"kv_cache_v_{i}"} <= set(sigs["decode"]["outputs"])
+    assert "logits" in sigs["decode"]["outputs"]
+
+
+def test_litert_session_generates_like_executorch(artifact):
+    a = load(_art(artifact, "tiny-gemma3")).generate([2, 17, 33], max_new_tokens=24, stop_tokens=[])
+    b = load(artifact("tiny-gemma3")).generate([2, 17, 33], max_new_tokens=24, stop_tokens=[])
+    assert a == b and len(a) == 24
+
+
+def test_litert_refusals(tmp_path):
+    model = models.build("tiny-gemma3", seed=0)
+    with pytest.raises(ExportError, match=r"quantizes the embedding lookup with the other weights"):
+        export(model, "litert", "int4+emb4", 32, "portable", tmp_path / "a", progress=lambda m: None)
+    with pytest.raises(ExportError, match="int4 blocks are 32 or 128, got group size 64"):
+        export(model, "litert", "int4", 32, "portable", tmp_path / "a", group_size=64, progress=lambda m: None)
+    assert not (tmp_path / "a").exists()
