@@ -1,16 +1,18 @@
-"""ONNX Runtime (ours) next to onnxruntime-genai's model builder and ExecuTorch, on one checkpoint.
+"""ONNX Runtime, onnxruntime-genai's model builder, ExecuTorch and LiteRT on one checkpoint, one run.
 
-    python benchmarks/run_onnx.py gemma3-1b --max-seq-len 4224
+    python benchmarks/run_compare.py gemma3-1b --max-seq-len 4224
 
 1. transformers writes a random <preset>-shaped checkpoint (bf16) to artifacts/hf_<preset>
    (transformers is a test dependency: ``pip install -e '.[test]'``).
 2. Each export runs in its own child process (wall time, peak RSS): ours to ONNX (``--quant``,
    ``--ops``, verified), onnxruntime-genai's builder (int4, block 32, symmetric, accuracy level 4,
-   CPU: the floor) and, unless ``--no-executorch``, ours to ExecuTorch (``--et-quant``, fused).
+   CPU: the floor), ours to ExecuTorch (``--et-quant``, fused; unless ``--no-executorch``) and ours
+   to LiteRT (``--litert-quant``; unless ``--no-litert``). The LiteRT child's peak RSS is the
+   conversion memory (verify off there, so the figure is the conversion's alone).
 3. Each artifact is benchmarked in a fresh child process with the same prompts, contexts, threads
    and repeats (``gemma-edge bench`` for ours, ``genai_bench.bench`` for the builder's model).
 
-Results: results/onnx_<preset>_<quant>_<ops>.{json,md,png}. Speed figures are medians; compare
+Results: results/compare_<preset>.{json,md,png}. Speed figures are medians; compare
 within one run only.
 """
 
@@ -55,7 +57,9 @@ def main() -> None:
     p.add_argument("--max-seq-len", type=int, default=4224)
     p.add_argument("--profile", default="phone-mid")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--litert-quant", default="int4")
     p.add_argument("--no-executorch", action="store_true")
+    p.add_argument("--no-litert", action="store_true")
     p.add_argument("--skip-export", action="store_true", help="benchmark the kept artifacts again")
     args = p.parse_args()
     art = ROOT / "artifacts"
@@ -63,7 +67,8 @@ def main() -> None:
     ours = art / f"onnx_{args.preset}_{args.quant.replace('+', '-')}_{args.ops}"
     genai = art / f"genai-builder_{args.preset}_int4-acc4"
     et = art / f"executorch_{args.preset}_{args.et_quant.replace('+', '-')}_fused_hf"
-    name = f"onnx_{args.preset}_{args.quant.replace('+', '-')}_{args.ops}"
+    lite = art / f"litert_{args.preset}_{args.litert_quant}_portable"
+    name = f"compare_{args.preset}"
     exports = {}
     if not args.skip_export:
         if not (ckpt / "config.json").exists():
@@ -100,6 +105,19 @@ def main() -> None:
                 ),
                 "export to ExecuTorch",
             )
+        if not args.no_litert:
+            exports["litert"] = child(
+                exp.format(
+                    ck=str(ckpt),
+                    be="litert",
+                    q=args.litert_quant,
+                    n=args.max_seq_len,
+                    ops="portable",
+                    out=str(lite),
+                    v=False,
+                ),
+                "convert to LiteRT",
+            )
     bench = (
         "from gemma_edge.runtime_py.bench import benchmark\n"
         "json.dump(benchmark({d!r}, {prof!r}, repeats={r}), open(RESULT, 'w'), default=str)"
@@ -116,8 +134,10 @@ def main() -> None:
     )
     if not args.no_executorch:
         runs["executorch"] = child(bench.format(d=str(et), prof=args.profile, r=args.repeats), "bench ExecuTorch")
+    if not args.no_litert:
+        runs["litert"] = child(bench.format(d=str(lite), prof=args.profile, r=args.repeats), "bench LiteRT")
     res = {"preset": args.preset, "checkpoint": str(ckpt), "quant": args.quant, "ops": args.ops,
-           "et_quant": args.et_quant, "max_seq_len": args.max_seq_len, "profile": args.profile,
+           "et_quant": args.et_quant, "litert_quant": args.litert_quant, "max_seq_len": args.max_seq_len, "profile": args.profile,
            "exports": exports, "runs": runs}  # fmt: skip
     out = HERE / "results" / name
     if args.skip_export and out.with_suffix(".json").exists():
@@ -129,7 +149,12 @@ def main() -> None:
     print(md)
 
 
-LABELS = {"onnx": "ONNX Runtime (gemma-edge)", "genai_builder": "onnxruntime-genai builder", "executorch": "ExecuTorch"}
+LABELS = {
+    "onnx": "ONNX Runtime (gemma-edge)",
+    "genai_builder": "onnxruntime-genai builder",
+    "executorch": "ExecuTorch (gemma-edge)",
+    "litert": "LiteRT (gemma-edge)",
+}
 
 
 def _m(st: dict | None, digits: int = 1) -> str:
@@ -141,12 +166,13 @@ def markdown(res: dict) -> str:
     cols = [k for k in LABELS if k in runs]
     any_run = runs["onnx"]
     lines = [
-        f"# {res['preset']}-shaped (random init): ONNX Runtime vs onnxruntime-genai's builder vs ExecuTorch",
+        f"# {res['preset']}-shaped (random init): ONNX Runtime, onnxruntime-genai's builder, ExecuTorch, LiteRT",
         "",
         f"One transformers-written checkpoint (`{Path(res['checkpoint']).name}`), profile `{res['profile']}`, "
         f"max_seq_len {res['max_seq_len']}, medians (min–max) of the repeats, all from one run. Ours: "
         f"`{res['quant']}` with `--ops {res['ops']}`; builder: int4, block 32, symmetric, accuracy level 4; "
-        f"ExecuTorch: `{res['et_quant']}`, fused ops.",
+        f"ExecuTorch: `{res['et_quant']}`, fused ops; LiteRT: `{res.get('litert_quant')}` (ai-edge-quantizer "
+        "dynamic int4, block 32), Interpreter signature runners.",
         "",
         "| metric | " + " | ".join(LABELS[c] for c in cols) + " |",
         "|---|" + "---|" * len(cols),
