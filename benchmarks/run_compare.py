@@ -137,7 +137,8 @@ def main() -> None:
     if not args.no_litert:
         runs["litert"] = child(bench.format(d=str(lite), prof=args.profile, r=args.repeats), "bench LiteRT")
     res = {"preset": args.preset, "checkpoint": str(ckpt), "quant": args.quant, "ops": args.ops,
-           "et_quant": args.et_quant, "litert_quant": args.litert_quant, "max_seq_len": args.max_seq_len, "profile": args.profile,
+           "et_quant": args.et_quant, "litert_quant": args.litert_quant, "max_seq_len": args.max_seq_len,
+           "profile": args.profile,
            "exports": exports, "runs": runs}  # fmt: skip
     out = HERE / "results" / name
     if args.skip_export and out.with_suffix(".json").exists():
