@@ -1,3 +1,5 @@
+import pytest
+
 from gemma_edge.cli import main
 
 
@@ -56,3 +58,20 @@ def test_export_verify_bench(tmp_path, capsys):
     assert (tmp_path / "b" / "bench.png").stat().st_size > 1000 and "decode at context 128" in capsys.readouterr().out
     assert main(["export", "tiny-gemma3", "--quant", "int3", "-o", str(tmp_path / "x")]) == 2
     assert "unknown quantization recipe 'int3'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("backend, quant, ops", [("onnx", "int4", "fused"), ("litert", "int4", "portable")])
+def test_export_verify_bench_other_backends(tmp_path, capsys, backend, quant, ops):
+    """The same verbs on .onnx and .tflite artifacts."""
+    import json
+
+    out = tmp_path / backend
+    args = ["export", "tiny-gemma3", "--backend", backend, "--quant", quant, "--ops", ops, "--max-seq-len", "160",
+            "-o", str(out)]  # fmt: skip
+    assert main(args) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["backend"] == backend and m["recipe"]["name"] == quant and m["parity"]["missed"] == []
+    assert main(["verify", str(out)]) == 0 and "parity OK" in capsys.readouterr().out
+    assert main(["bench", str(out), "--profile", "host", "--repeats", "1", "-o", str(tmp_path / "b")]) == 0
+    res = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert res["backend"] == backend and res["decode_tok_s"]["128"]["median"] > 0
