@@ -20,7 +20,7 @@ from torch import nn
 from torch.export import Dim, export
 
 from gemma_edge.export import kernels  # noqa: F401  (.out variants the emitter substitutes in fused mode)
-from gemma_edge.models import CausalLM, Encoder, untie_head, use_custom_ops
+from gemma_edge.models import CausalLM, Encoder, fuse_projections, untie_head, use_custom_ops
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.layers import RMSNorm
 from gemma_edge.quant import Recipe, quantize_for_executorch
@@ -105,6 +105,7 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True)
     through the custom ops if fused, with XNNPACK-friendly norms."""
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     _swap_norms(model)
+    fuse_projections(model)  # one XNNPACK linear for q/k/v and one for gate/up
     if recipe.embedding_bits is not None:
         untie_head(model)
     if recipe.is_quantized:

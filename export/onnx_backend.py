@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.export import Dim
 
-from gemma_edge.models import CausalLM, Encoder, use_stateful_ops
+from gemma_edge.models import CausalLM, Encoder, fuse_projections, use_stateful_ops
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.layers import RMSNorm
 from gemma_edge.quant import Recipe
@@ -129,6 +129,7 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True)
     MatMulNBits form; the eager result is the lowering reference."""
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     _swap_norms(model)
+    fuse_projections(model)  # one MatMul(NBits) for q/k/v and one for gate/up
     if recipe.is_quantized:
         model.onnx_quant_layout = quantize_for_onnx(model, recipe)
     if ops == "fused" and model.config.causal:  # lower() trims the RoPE tables to max_seq_len

@@ -126,44 +126,6 @@ class NBitsEmbedding(nn.Module):
         return torch.ops.gemma_edge.gather_nbits(s.qweight, s.scales, ids, s.bits, s.block_size)
 
 
-def fuse_nbits(parts: list[NBitsLinear]) -> NBitsLinear | None:
-    """One NBitsLinear computing ``torch.cat([p(x) for p in parts], -1)``: quantization blocks run
-    along K within each output row, so stacking rows is exact. None if the parts cannot be fused."""
-    first = parts[0]
-    same = all(
-        isinstance(p, NBitsLinear) and p.bias is None and p.in_features == first.in_features
-        and (p.bits, p.block_size, p.accuracy_level) == (first.bits, first.block_size, first.accuracy_level)
-        for p in parts
-    )  # fmt: skip
-    if not same:
-        return None
-    fused = NBitsLinear.__new__(NBitsLinear)
-    nn.Module.__init__(fused)
-    fused.in_features, fused.out_features = first.in_features, sum(p.out_features for p in parts)
-    fused.bits, fused.block_size, fused.accuracy_level = first.bits, first.block_size, first.accuracy_level
-    fused.register_buffer("qweight", torch.cat([p.qweight for p in parts]))
-    fused.register_buffer("scales", torch.cat([p.scales for p in parts]))
-    fused.bias = None
-    return fused
-
-
-def fuse_projections(model: nn.Module) -> int:
-    """Fuse each attention's q/k/v and each MLP's gate/up NBitsLinears (fewer, larger MatMulNBits);
-    return how many linears fusion removed."""
-    from gemma_edge.models.attention import Attention
-    from gemma_edge.models.layers import GeGLU
-
-    saved = 0  # linears removed by fusion
-    for m in list(model.modules()):
-        if isinstance(m, Attention) and (f := fuse_nbits([m.q_proj, m.k_proj, m.v_proj])) is not None:
-            m.qkv_proj, m.q_proj, m.k_proj, m.v_proj = f, None, None, None
-            saved += 2
-        elif isinstance(m, GeGLU) and (f := fuse_nbits([m.gate_proj, m.up_proj])) is not None:
-            m.gate_up_proj, m.gate_proj, m.up_proj = f, None, None
-            saved += 1
-    return saved
-
-
 def _replace_linears(module: nn.Module, bits: int, block_size: int, accuracy_level: int, skip) -> int:
     n = 0
     for name, child in module.named_children():
@@ -209,7 +171,6 @@ def quantize_for_onnx(model: nn.Module, recipe) -> dict:
         n = _replace_linears(model, recipe.weight_bits, block, level, skip=None)
         if n == 0:
             raise InputError(f"recipe {recipe.name}: no linear layer has in_features divisible by block {block}")
-        n -= fuse_projections(model)
         layout["linear"] = {"op": "MatMulNBits", "bits": recipe.weight_bits, "accuracy_level": level, "count": n}
     return layout
 

@@ -188,3 +188,14 @@ def test_opcheck_cached_attention():
 def test_opcheck_causal_conv():
     x, past = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
     torch.library.opcheck(torch.ops.gemma_edge.causal_conv, (x, torch.randn(16, 1, 4), torch.randn(16), past))
+
+
+@pytest.mark.parametrize("preset", ALL_TINY)
+def test_fused_projections_change_nothing(preset):
+    """q/k/v and gate/up fused into one linear each (a backend's adaptation) give the same outputs."""
+    model = models.build(preset, seed=0)
+    ids = torch.randint(3, model.config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(2))
+    ref = model(ids)
+    n_attn = sum(k != "recurrent" for k in model.config.layer_kinds)
+    assert models.fuse_projections(model) == 2 * n_attn + model.config.num_layers
+    assert (model(ids) - ref).abs().max().item() <= 1e-5
