@@ -135,6 +135,7 @@ class _DynamicQuantLinear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.linear = linear
+        self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lo = x.amin(-1, keepdim=True).clamp(max=0)
