@@ -96,6 +96,8 @@ def bench(model_dir: Path, threads: int, max_seq_len: int, vocab_size: int, repe
         for _ in range(repeats):
             g = generator()
             g.append_tokens(prompt)
+            for _ in range(4):  # warm-up, as gemma-edge bench does
+                g.generate_next_token()
             t0 = time.perf_counter()
             for _ in range(decode_steps):
                 g.generate_next_token()

@@ -61,7 +61,12 @@ def main() -> None:
     p.add_argument("--no-executorch", action="store_true")
     p.add_argument("--no-litert", action="store_true")
     p.add_argument("--skip-export", action="store_true", help="benchmark the kept artifacts again")
+    p.add_argument(
+        "--export-only", help="comma list (onnx,genai_builder,executorch,litert): export these again, keep the rest"
+    )
     args = p.parse_args()
+    redo = set(args.export_only.split(",")) if args.export_only else None
+    want = lambda k: redo is None or k in redo  # noqa: E731
     art = ROOT / "artifacts"
     ckpt = art / f"hf_{args.preset}"
     ours = art / f"onnx_{args.preset}_{args.quant.replace('+', '-')}_{args.ops}"
@@ -83,16 +88,21 @@ def main() -> None:
             "export(models.load({ck!r}), {be!r}, {q!r}, {n}, {ops!r}, {out!r}, overwrite=True, inplace=True,"
             " verify={v}, reference=lambda: models.load({ck!r}), source={ck!r}, progress=log)"
         )
-        exports["onnx"] = child(
-            exp.format(ck=str(ckpt), be="onnx", q=args.quant, n=args.max_seq_len, ops=args.ops, out=str(ours), v=True),
-            "export to ONNX",
-        )
-        exports["genai_builder"] = child(
-            f"import shutil, genai_bench; from pathlib import Path; shutil.rmtree({str(genai)!r}, ignore_errors=True)\n"
-            f"genai_bench.build(Path({str(ckpt)!r}), Path({str(genai)!r}))",
-            "onnxruntime-genai builder",
-        )
-        if not args.no_executorch:
+        if want("onnx"):
+            exports["onnx"] = child(
+                exp.format(
+                    ck=str(ckpt), be="onnx", q=args.quant, n=args.max_seq_len, ops=args.ops, out=str(ours), v=True
+                ),
+                "export to ONNX",
+            )
+        if want("genai_builder"):
+            exports["genai_builder"] = child(
+                "import shutil, genai_bench; from pathlib import Path\n"
+                f"shutil.rmtree({str(genai)!r}, ignore_errors=True)\n"
+                f"genai_bench.build(Path({str(ckpt)!r}), Path({str(genai)!r}))",
+                "onnxruntime-genai builder",
+            )
+        if not args.no_executorch and want("executorch"):
             exports["executorch"] = child(
                 exp.format(
                     ck=str(ckpt),
@@ -105,7 +115,7 @@ def main() -> None:
                 ),
                 "export to ExecuTorch",
             )
-        if not args.no_litert:
+        if not args.no_litert and want("litert"):
             exports["litert"] = child(
                 exp.format(
                     ck=str(ckpt),
@@ -141,8 +151,8 @@ def main() -> None:
            "profile": args.profile,
            "exports": exports, "runs": runs}  # fmt: skip
     out = HERE / "results" / name
-    if args.skip_export and out.with_suffix(".json").exists():
-        res["exports"] = json.loads(out.with_suffix(".json").read_text())["exports"]
+    if (args.skip_export or redo) and out.with_suffix(".json").exists():  # keep the figures of kept exports
+        res["exports"] = {**json.loads(out.with_suffix(".json").read_text())["exports"], **exports}
     out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     md = markdown(res)
     out.with_suffix(".md").write_text(md)

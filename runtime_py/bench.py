@@ -133,6 +133,8 @@ def benchmark(artifact_dir: str | Path, profile: str = "phone-mid", *, repeats: 
             rates = []
             s.reset()
             s.prefill(ids(ctx))
+            for _ in range(4):  # warm-up: first decode calls pay one-off allocation and page faults
+                s.decode(5)
             for _ in range(repeats):
                 s.pos = ctx  # decode the same positions each repeat: the state before ctx is unchanged
                 t, _ = _timed(lambda: [s.decode(5) for _ in range(decode_steps)])
