@@ -58,3 +58,22 @@ def artifact(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+def checked_manifest(d, backend: str, recipe: str) -> dict:
+    """The artifact's manifest after the checks every export must pass: the export-time parity met
+    its thresholds, with the figures the issues ask for (fp32: 1e-3 and 64/64 greedy; quantized: the
+    lowering error well below the quantization error; embeddings: cosine 0.9999)."""
+    import json
+
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["backend"] == backend and m["recipe"]["name"] == recipe and m["parity"]["missed"] == []
+    res = m["parity"]["results"]
+    if not m["config"]["causal"]:
+        assert res[next(iter(res))]["cosine"] >= (0.9999 if recipe == "fp32" else 0.999)
+    elif recipe == "fp32":
+        r = res["reference"]
+        assert r["max_abs"] <= 1e-3 and r["greedy"] == 1.0 and r["greedy_steps"] == 64
+    else:
+        assert res["lowering"]["kl"] <= 5e-3 and res["quantization"]["kl"] > res["lowering"]["kl"]
+    return m

@@ -12,7 +12,7 @@ from gemma_edge.export.litert_backend import composite_names
 from gemma_edge.models import ExportError
 from gemma_edge.runtime_py import load
 
-from conftest import ALL_TINY, CAUSAL_PRESETS
+from conftest import ALL_TINY, CAUSAL_PRESETS, checked_manifest
 
 FAST = [(p, "fp32", "portable") for p in ALL_TINY] + [
     ("tiny-gemma3", "int4", "portable"),
@@ -35,16 +35,7 @@ def _art(artifact, preset, recipe="fp32", ops="portable"):
 @pytest.mark.parametrize("preset, recipe, ops", FAST)
 def test_litert_export_verifies(artifact, preset, recipe, ops):
     d = _art(artifact, preset, recipe, ops)
-    m = json.loads((d / "manifest.json").read_text())
-    assert m["backend"] == "litert" and m["model_file"] == "model.tflite" and m["parity"]["missed"] == []
-    res = m["parity"]["results"]
-    if not m["config"]["causal"]:
-        assert res["reference"]["cosine"] >= 0.9999
-    elif recipe == "fp32":
-        r = res["reference"]
-        assert r["max_abs"] <= 1e-3 and r["greedy"] == 1.0 and r["greedy_steps"] == 64
-    else:
-        assert res["lowering"]["kl"] <= 5e-3 and res["quantization"]["kl"] > res["lowering"]["kl"]
+    m = checked_manifest(d, "litert", recipe)
     names = Counter(composite_names(d / "model.tflite"))
     cfg = models.get_preset(preset)
     n_sigs = len(m["methods"])
@@ -58,8 +49,7 @@ def test_litert_export_verifies(artifact, preset, recipe, ops):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset, recipe, ops", FULL)
 def test_litert_export_verifies_full_matrix(artifact, preset, recipe, ops):
-    m = json.loads((_art(artifact, preset, recipe, ops) / "manifest.json").read_text())
-    assert m["parity"]["missed"] == []
+    checked_manifest(_art(artifact, preset, recipe, ops), "litert", recipe)
 
 
 @pytest.mark.parametrize("preset", CAUSAL_PRESETS)
