@@ -117,6 +117,11 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True)
 
 def check_supported(recipe: Recipe) -> None:
     """Refuse recipes this backend cannot realise correctly, before any work is done."""
+    if recipe.weight_bits == 16:
+        raise ExportError(
+            f"recipe {recipe.name} on executorch: fp16 weights are a LiteRT recipe here (XNNPACK's fp16 path "
+            "computes in fp16 too); use fp32, 8da8w or 8da4w"
+        )
     if recipe.weight_bits is not None and not recipe.dynamic_activations:
         raise ExportError(
             f"recipe {recipe.name} on executorch: weight-only int{recipe.weight_bits} linears are mis-lowered by "

@@ -98,10 +98,13 @@ def _composite_rg_lru(x, gxw, gxb, gaw, gab, a_param, pos, h0, c):
 
 
 QUANT = {  # recipe base -> what ai-edge-quantizer makes of it
+    "fp16": "weight-only fp16 (float casting)",
     "int8": "weight-only int8, per channel",
+    "8da8w": "dynamic int8, per channel",
     "int4": "dynamic int4, blockwise",
     "8da4w": "dynamic int4, blockwise",
 }
+DYNAMIC = ("8da8w", "int4", "8da4w")  # activations quantized to int8 on the fly by the kernels
 
 
 def check_supported(recipe: Recipe) -> None:
@@ -147,18 +150,21 @@ class _DynamicQuantLinear(nn.Module):
 
 
 def _artifact_weights(tflite: Path) -> dict[tuple[int, ...], list[torch.Tensor]]:
-    """Every quantized constant of the flatbuffer, dequantized, grouped by shape."""
+    """Every quantized (int8 / int4) or fp16 2-D constant of the flatbuffer, as fp32, grouped by shape."""
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(tflite))
     found: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for t in interp.get_tensor_details():
         qp = t["quantization_parameters"]
-        if t["dtype"] != np.int8 or len(t["shape"]) != 2 or not len(qp["scales"]):
+        if len(t["shape"]) != 2 or not (t["dtype"] == np.float16 or (t["dtype"] == np.int8 and len(qp["scales"]))):
             continue
         try:
             q = torch.from_numpy(interp.get_tensor(t["index"]).astype(np.float32))
         except ValueError:  # not a constant
+            continue
+        if t["dtype"] == np.float16:  # fp16 weights: the values themselves
+            found.setdefault(tuple(q.shape), []).append(q)
             continue
         N, K = q.shape
         scales = torch.from_numpy(qp["scales"].astype(np.float32)).reshape(N, -1)
@@ -180,7 +186,7 @@ def eager_quantized(model: nn.Module, recipe: Recipe, artifact_dir: Path) -> nn.
     if model.config.causal:
         untie_head(model)  # the head reads the same quantized table, then its input is quantized
     found = _artifact_weights(artifact_dir / MODEL_FILE)
-    dynamic = recipe.name.split("+")[0] in ("int4", "8da4w")
+    dynamic = recipe.name.split("+")[0] in DYNAMIC
     targets = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
     with torch.no_grad():
         for m in targets:
@@ -207,8 +213,19 @@ def _quantize(path: Path, recipe: Recipe) -> dict:
     from ai_edge_quantizer import recipe as aeq
 
     base = recipe.name.split("+")[0]
-    if base == "int8":
+    if base == "fp16":
+        from ai_edge_quantizer import qtyping, recipe_manager
+
+        mgr = recipe_manager.RecipeManager()
+        weights = qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT)
+        op = qtyping.OpQuantizationConfig(weight_tensor_config=weights, compute_precision=qtyping.ComputePrecision.FLOAT,
+                                          explicit_dequantize=True)  # fmt: skip
+        mgr.add_quantization_config(".*", aeq.TFLOperationName.ALL_SUPPORTED, op, aeq.AlgorithmName.FLOAT_CASTING)
+        rp = mgr.get_quantization_recipe()
+    elif base == "int8":
         rp = aeq.weight_only_wi8_afp32()
+    elif base == "8da8w":
+        rp = aeq.dynamic_wi8_afp32()
     elif base in ("int4", "8da4w"):
         gran = {32: aeq.QuantGranularity.BLOCKWISE_32, 128: aeq.QuantGranularity.BLOCKWISE_128}[recipe.group_size]
         rp = aeq._dynamic_wix_afp32(num_bits=4, granularity=gran)
@@ -273,7 +290,10 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
         conv = None
         for name, kwargs in specs.items():
             conv = (conv or litert_torch).signature(name, wrapper, sample_kwargs=kwargs)
-        conv.convert().export(str(path))
+        # Lightweight conversion keeps weights as resources instead of MLIR constants: gemma3-1b
+        # converts at 7.6 GiB peak instead of 13.2 GiB, with the same decode speed. Its runtime
+        # constant folding writes files the interpreter rejects (two signatures), so it stays off.
+        conv.convert(lightweight_conversion=True, runtime_constant_folding=False).export(str(path))
     methods = {}
     for name, kwargs in specs.items():
         outs = wrapper(**kwargs)

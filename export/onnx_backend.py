@@ -119,6 +119,11 @@ def gqa_fits(cfg) -> bool:
 
 
 def check_supported(recipe: Recipe) -> None:
+    if recipe.weight_bits == 16:
+        raise ExportError(
+            f"recipe {recipe.name} on onnx: fp16 weights are a LiteRT recipe here (MatMulNBits stores 4 or 8 "
+            "bits); use fp32, int8, 8da8w, int4 or 8da4w"
+        )
     if recipe.embedding_bits == 8:
         raise ExportError(
             f"recipe {recipe.name} on onnx: GatherBlockQuantized (ONNX Runtime's quantized embedding) takes "

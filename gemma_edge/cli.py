@@ -151,7 +151,12 @@ def _export_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
 
     p.add_argument("model", nargs="?" if demo else None, default=DEFAULT_PRESET, help="preset name or checkpoint dir")
     p.add_argument("--backend", default="executorch", choices=["executorch", "onnx", "litert"])
-    p.add_argument("--quant", default="8da4w+emb4", help="fp32 | 8da4w, optionally +emb8 / +emb4 (default 8da4w+emb4)")
+    p.add_argument(
+        "--quant",
+        default="8da4w+emb4",
+        help="fp32 | fp16 | int8 | int4 | 8da4w | 8da8w, optionally +emb8 / +emb4; backends refuse what "
+        "they cannot realise (README, Quantization recipes). Default 8da4w+emb4",
+    )
     p.add_argument("--max-seq-len", type=int, default=1024)
     p.add_argument("--ops", default="portable", choices=["portable", "fused"])
     p.add_argument("--prefill-chunk", type=int, default=None)

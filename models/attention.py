@@ -47,6 +47,20 @@ def _ring_update_index(start: torch.Tensor, T: int, window: int) -> torch.Tensor
     return torch.where(p >= start, window + p - start, s)
 
 
+def ring_write_index(pos: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slots, src) for writing a chunk at positions ``pos`` into a ring of ``window`` slots in place:
+    ``ring.index_copy(2, slots, chunk.index_select(2, src))``.
+
+    Entry j goes to slot pos[j] % window. When the chunk is longer than the ring, several entries
+    share a slot; each then carries the newest of them (src), so the duplicates write equal values
+    and the order of the writes does not matter.
+    """
+    T = pos.shape[0]
+    j = torch.arange(T, device=pos.device, dtype=pos.dtype)
+    src = j + window * torch.div(T - 1 - j, window, rounding_mode="floor")  # T - 1 - j >= 0
+    return torch.remainder(pos, window), src
+
+
 @torch.library.custom_op("gemma_edge::cached_attention", mutates_args=())
 def cached_attention(
     q: torch.Tensor,  # (B, T, H * hd), before RoPE
@@ -100,7 +114,7 @@ class AttnContext:
     sin: torch.Tensor  # (T, rot)
     k_pos: torch.Tensor  # (B, S) key positions, -1 = not visible
     vis: torch.Tensor  # (B, 1, 1, T, S) mask
-    ring_idx: torch.Tensor | None  # (W,) ring update gather index (local layers with a cache)
+    ring_write: tuple[torch.Tensor, torch.Tensor] | None  # (slots, src) of ring_write_index (local layers)
     cos_table: torch.Tensor | None = None  # (L, rot / 2) for ops that apply RoPE themselves
     sin_table: torch.Tensor | None = None
 
@@ -109,18 +123,18 @@ class AttnContext:
         T = pos.shape[0]
         freqs = pos.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, rot/2)
         emb = torch.cat((freqs, freqs), dim=-1)
-        ring_idx = None
+        ring_write = None
         if cache_len is None:  # attend within the chunk only
             k_pos = pos[None, :].expand(batch, T)
             if key_mask is not None:
                 k_pos = torch.where(key_mask, k_pos, torch.full_like(k_pos, -1))
         elif window:  # ring buffer of `cache_len` (= window) slots, then the chunk
             k_pos = torch.cat((ring_slot_positions(pos[0], cache_len), pos))[None, :].expand(batch, cache_len + T)
-            ring_idx = _ring_update_index(pos[0], T, cache_len)
+            ring_write = ring_write_index(pos, cache_len)
         else:  # global cache indexed by position
             k_pos = torch.arange(cache_len, device=pos.device, dtype=pos.dtype)[None, :].expand(batch, cache_len)
         vis = ops.visible_mask(pos, k_pos, window, causal)
-        return AttnContext(pos, emb.cos(), emb.sin(), k_pos, vis, ring_idx)
+        return AttnContext(pos, emb.cos(), emb.sin(), k_pos, vis, ring_write)
 
 
 class Attention(nn.Module):
@@ -173,9 +187,11 @@ class Attention(nn.Module):
         new_cache = None
         if cache is None:
             keys, values = k, v
-        elif self.window:  # ring: attend to (ring before the chunk, chunk), then keep the newest W
+        elif self.window:  # ring: attend to (ring before the chunk, chunk), then write the chunk in place
             keys, values = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)  # (B, kvH, W+T, hd)
-            new_cache = (keys.index_select(2, ctx.ring_idx), values.index_select(2, ctx.ring_idx))
+            slots, src = ctx.ring_write
+            new_cache = (cache[0].index_copy(2, slots.long(), k.index_select(2, src)),
+                         cache[1].index_copy(2, slots.long(), v.index_select(2, src)))  # fmt: skip
         else:  # global cache indexed by absolute position
             new_cache = (cache[0].index_copy(2, ctx.pos.long(), k), cache[1].index_copy(2, ctx.pos.long(), v))
             keys, values = new_cache

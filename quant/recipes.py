@@ -1,8 +1,10 @@
 """Named quantization recipes: plain data, serialised into the manifest (never into file names).
 
-``fp32``, ``int8`` (int8 weights per channel), ``int4`` (int4 weights in groups), ``8da4w`` (int8
-dynamic activations, int4 grouped weights), each optionally ``+emb8`` / ``+emb4`` (the embedding
-table, and with it the tied output head, quantized per row / in groups).
+``fp32``, ``fp16`` (fp16 weights, fp32 compute), ``int8`` (int8 weights per channel), ``int4`` (int4
+weights in groups), ``8da4w`` (int8 dynamic activations, int4 grouped weights), ``8da8w`` (int8
+dynamic activations, int8 weights per channel), each optionally ``+emb8`` / ``+emb4`` (the embedding
+table, and with it the tied output head, quantized per row / in groups). Not every backend realises
+every recipe: each backend's ``check_supported`` refuses the others before any work is done.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ from gemma_edge.models.errors import InputError
 
 __all__ = ["Recipe", "parse_recipe", "RECIPES"]
 
-RECIPES = ("fp32", "int8", "int4", "8da4w")
+RECIPES = ("fp32", "fp16", "int8", "int4", "8da4w", "8da8w")
 _EMB = {"emb8": 8, "emb4": 4}
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str  # canonical spec, e.g. "8da4w+emb4"
-    weight_bits: int | None  # linear weights: None (fp32), 8 or 4
-    dynamic_activations: bool  # int8 dynamic activation quantization (8da4w)
+    weight_bits: int | None  # linear weights: None (fp32), 16 (fp16), 8 or 4 (int)
+    dynamic_activations: bool  # int8 dynamic activation quantization (8da4w, 8da8w)
     group_size: int  # int4 weight groups along the input dim; 0 = per channel
     embedding_bits: int | None  # None, 8 or 4
 
@@ -48,11 +50,11 @@ def parse_recipe(spec: str, group_size: int = 32) -> Recipe:
         raise InputError(f"unknown quantization recipe {spec!r}: optional suffix is +emb8 or +emb4")
     if group_size < 0:
         raise InputError(f"group_size must be >= 0, got {group_size}")
-    bits = {"fp32": None, "int8": 8, "int4": 4, "8da4w": 4}[base]
+    bits = {"fp32": None, "fp16": 16, "int8": 8, "int4": 4, "8da4w": 4, "8da8w": 8}[base]
     return Recipe(
         name=spec,
         weight_bits=bits,
-        dynamic_activations=base == "8da4w",
+        dynamic_activations=base in ("8da4w", "8da8w"),
         group_size=group_size if bits == 4 or (extras and _EMB[extras[0]] == 4) else 0,
         embedding_bits=_EMB[extras[0]] if extras else None,
     )

@@ -31,6 +31,8 @@ THRESHOLDS: dict[tuple[str, str], dict[str, dict[str, float]]] = {
     ("int8", "*"): {"lowering": {"kl": 1e-3, "top1": 0.95}, "quantization": {"kl": 0.05}},
     ("int4", "*"): {"lowering": {"kl": 1e-3, "top1": 0.95}, "quantization": {"kl": 0.5}},
     ("8da4w", "*"): {"lowering": {"kl": 5e-3, "top1": 0.9}, "quantization": {"kl": 0.5}},
+    ("8da8w", "*"): {"lowering": {"kl": 5e-3, "top1": 0.9}, "quantization": {"kl": 0.05}},
+    ("fp16", "*"): {"lowering": {"kl": 1e-4, "top1": 0.99}, "quantization": {"kl": 1e-3}},
     # LiteRT's int4 kernels quantize activations on the fly (dynamic int4 = 8da4w's arithmetic).
     ("int4", "litert"): {"lowering": {"kl": 5e-3, "top1": 0.9}, "quantization": {"kl": 0.5}},
     ("quantized", "encoder"): {"lowering": {"cosine": 0.999}, "quantization": {"cosine": 0.8}},

@@ -77,6 +77,9 @@ def test_unsupported_recipe_leaves_nothing(tmp_path):
     for weight_only in ("int8", "int4+emb4"):
         with pytest.raises(ExportError, match=r"weight-only int[48] linears are mis-lowered by XNNPACK"):
             export(model, "executorch", weight_only, 32, "portable", tmp_path / "a", progress=lambda m: None)
+    for backend in ("executorch", "onnx"):
+        with pytest.raises(ExportError, match=rf"recipe fp16 on {backend}: fp16 weights are a LiteRT recipe"):
+            export(model, backend, "fp16", 32, "portable", tmp_path / "a", progress=lambda m: None)
     with pytest.raises(InputError, match="unknown backend 'coreml'"):
         export(model, "coreml", "fp32", 32, "portable", tmp_path / "a", progress=lambda m: None)
     with pytest.raises(InputError, match=r"max_seq_len must be in 1\.\.256"):

@@ -13,6 +13,7 @@ FAST = [(p, "fp32", "portable") for p in [*CAUSAL_PRESETS, "tiny-embeddinggemma"
     ("tiny-gemma3", "8da4w+emb4", "portable"),
     ("tiny-gemma2", "fp32", "fused"),
     ("tiny-recurrentgemma", "fp32", "fused"),
+    ("tiny-gemma3", "8da8w", "fused"),
 ]
 FULL = [
     (p, r, o)

@@ -18,11 +18,13 @@ FAST = [(p, "fp32", "portable") for p in ALL_TINY] + [
     ("tiny-gemma3", "int4", "portable"),
     ("tiny-recurrentgemma", "fp32", "fused"),
     ("tiny-gemma2", "int4", "fused"),
+    ("tiny-gemma3", "fp16", "portable"),
+    ("tiny-gemma3", "8da8w", "portable"),
 ]
 FULL = [
     (p, r, o)
     for p in ALL_TINY
-    for r in ("fp32", "int4", "int8", "8da4w")
+    for r in ("fp32", "fp16", "int4", "int8", "8da4w", "8da8w")
     for o in ("portable", "fused")
     if (p, r, o) not in FAST
 ]
@@ -44,6 +46,31 @@ def test_litert_export_verifies(artifact, preset, recipe, ops):
         assert names["gemma_edge.rg_lru"] == n_sigs * sum(k == "recurrent" for k in cfg.layer_kinds)
     else:
         assert not names
+    if recipe in ("fp16", "int8", "8da8w"):  # every linear's weight is stored in the recipe's type
+        assert _weight_dtypes(d / "model.tflite") == {"fp16": {"float16"}, "int8": {"int8"}, "8da8w": {"int8"}}[recipe]
+
+
+def _weight_dtypes(tflite) -> set[str]:
+    """Types of the 2-D constant operands of the FULLY_CONNECTED ops (after any DEQUANTIZE)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(tflite))
+    details = {t["index"]: t for t in interp.get_tensor_details()}
+    producers = {}
+    for op in interp._get_ops_details():
+        for o in op["outputs"]:
+            producers[o] = op
+    found = set()
+    for op in interp._get_ops_details():
+        if op["op_name"] != "FULLY_CONNECTED":
+            continue
+        w = op["inputs"][1]
+        src = producers.get(w)
+        if src is not None and src["op_name"] == "DEQUANTIZE":
+            w = src["inputs"][0]
+        if w in details and len(details[w]["shape"]) == 2 and w not in producers:
+            found.add(details[w]["dtype"].__name__)
+    return found
 
 
 @pytest.mark.slow

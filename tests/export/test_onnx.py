@@ -26,6 +26,7 @@ FAST = [(p, "fp32", "portable") for p in ALL_TINY] + [
     ("tiny-gemma2", "fp32", "fused"),
     ("tiny-gemma3", "fp32", "fused"),
     ("tiny-gemma3", "int4", "fused"),
+    ("tiny-gemma3", "8da8w", "portable"),
 ]
 FULL = [
     (p, r, o)
