@@ -218,8 +218,9 @@ def _quantize(path: Path, recipe: Recipe) -> dict:
 
         mgr = recipe_manager.RecipeManager()
         weights = qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT)
-        op = qtyping.OpQuantizationConfig(weight_tensor_config=weights, compute_precision=qtyping.ComputePrecision.FLOAT,
-                                          explicit_dequantize=True)  # fmt: skip
+        op = qtyping.OpQuantizationConfig(
+            weight_tensor_config=weights, compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True
+        )
         mgr.add_quantization_config(".*", aeq.TFLOperationName.ALL_SUPPORTED, op, aeq.AlgorithmName.FLOAT_CASTING)
         rp = mgr.get_quantization_recipe()
     elif base == "int8":
