@@ -187,6 +187,14 @@ def markdown(res: dict) -> str:
     lines.append(
         "| model files (MiB) | " + " | ".join(f"{runs[c]['model_file_bytes'] / 2**20:.0f}" for c in cols) + " |"
     )
+    added = {
+        c: (runs[c]["model_rss_mib"], runs[c]["model_rss_mib"] * 2**20 / runs[c]["model_file_bytes"]) for c in cols
+    }
+    lines.append(
+        "| RSS added by the model, peak (MiB; × model files) | "
+        + " | ".join(f"{added[c][0]:.0f} ({added[c][1]:.2f}×)" for c in cols)
+        + " |"
+    )
     roof = any_run.get("roofline", {})
     if roof:
         lines.append(

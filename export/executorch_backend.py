@@ -125,9 +125,10 @@ def check_supported(recipe: Recipe) -> None:
     if recipe.weight_bits is not None and not recipe.dynamic_activations:
         raise ExportError(
             f"recipe {recipe.name} on executorch: weight-only int{recipe.weight_bits} linears are mis-lowered by "
-            "XNNPACK in executorch 1.5.1 with torchao 0.18 (one linear, measured: max error ~1e3 against eager), "
-            "and without XNNPACK torchao's dequantize_affine has no ExecuTorch kernel; use 8da4w (optionally "
-            "+emb8/+emb4)"
+            "XNNPACK in executorch 1.5.1 with torchao 0.18 (its partitioner takes a dequantized weight with fp32 "
+            "activations for a statically quantized linear; one linear, measured: max error ~1e3 against eager), "
+            "and without XNNPACK torchao's dequantize_affine has no ExecuTorch kernel; use 8da8w (int8 weights) or "
+            "8da4w (int4 weights), optionally +emb8/+emb4"
         )
 
 

@@ -11,14 +11,21 @@ from .session import Session, register_session
 
 @register_session("executorch")
 class ExecuTorchSession(Session):
-    def _load(self) -> None:
+    @classmethod
+    def import_runtime(cls, manifest: dict) -> None:
         import executorch.kernels.quantized  # noqa: F401  (registers the quantized embedding kernels)
         from executorch.runtime import Runtime
 
-        if self.manifest.get("ops") == "fused":
+        if manifest.get("ops") == "fused":
             from gemma_edge.export.kernels import load_executorch_kernels
 
             load_executorch_kernels()
+        Runtime.get()
+
+    def _load(self) -> None:
+        from executorch.runtime import Runtime
+
+        self.import_runtime(self.manifest)
         if self.threads:
             from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 

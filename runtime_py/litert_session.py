@@ -16,6 +16,10 @@ from .session import Session, register_session
 
 @register_session("litert")
 class LiteRTSession(Session):
+    @classmethod
+    def import_runtime(cls, manifest: dict) -> None:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+
     def _load(self) -> None:
         from ai_edge_litert.interpreter import Interpreter
 

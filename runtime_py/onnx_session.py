@@ -18,6 +18,10 @@ from .session import Session, register_session
 
 @register_session("onnx")
 class OnnxSession(Session):
+    @classmethod
+    def import_runtime(cls, manifest: dict) -> None:
+        import onnxruntime  # noqa: F401
+
     def _load(self) -> None:
         import onnxruntime as ort
 

@@ -19,7 +19,7 @@ from gemma_edge.models.errors import ArtifactError, InputError
 
 from .sampling import Sampler
 
-__all__ = ["Session", "load", "register_session"]
+__all__ = ["Session", "load", "import_runtime", "register_session"]
 
 _SESSIONS: dict[str, type[Session]] = {}
 
@@ -49,6 +49,11 @@ class Session:
         self._load()
 
     # -- backend hooks --------------------------------------------------------------------------
+    @classmethod
+    def import_runtime(cls, manifest: dict) -> None:
+        """Import and initialise the runtime (and any kernel library) an artifact needs, without a
+        model: what every process using this backend pays once, whatever the model."""
+
     def _load(self) -> None:
         raise NotImplementedError
 
@@ -158,11 +163,22 @@ class Session:
         return e
 
 
+def _session_class(d: Path, manifest: dict) -> type[Session]:
+    backend = manifest.get("backend")
+    if backend not in _SESSIONS:
+        raise ArtifactError(f"{d}: backend {backend!r} has no runtime here (known: {', '.join(_SESSIONS)})")
+    return _SESSIONS[backend]
+
+
 def load(artifact_dir: str | Path, *, threads: int | None = None) -> Session:
     """Open an artifact in the runtime its manifest names (checking every file's sha256)."""
     d = Path(artifact_dir)
     manifest = read_manifest(d)
-    backend = manifest.get("backend")
-    if backend not in _SESSIONS:
-        raise ArtifactError(f"{d}: backend {backend!r} has no runtime here (known: {', '.join(_SESSIONS)})")
-    return _SESSIONS[backend](d, manifest, threads=threads)
+    return _session_class(d, manifest)(d, manifest, threads=threads)
+
+
+def import_runtime(artifact_dir: str | Path) -> None:
+    """Import and initialise the runtime an artifact needs (Session.import_runtime), loading no model."""
+    d = Path(artifact_dir)
+    manifest = read_manifest(d)
+    _session_class(d, manifest).import_runtime(manifest)
