@@ -115,6 +115,7 @@ class AttnContext:
     k_pos: torch.Tensor  # (B, S) key positions, -1 = not visible
     vis: torch.Tensor  # (B, 1, 1, T, S) mask
     ring_write: tuple[torch.Tensor, torch.Tensor] | None  # (slots, src) of ring_write_index (local layers)
+    ring_pos: torch.Tensor | None = None  # (B, W) positions held by the ring slots before the chunk
     cos_table: torch.Tensor | None = None  # (L, rot / 2) for ops that apply RoPE themselves
     sin_table: torch.Tensor | None = None
 
@@ -123,18 +124,19 @@ class AttnContext:
         T = pos.shape[0]
         freqs = pos.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, rot/2)
         emb = torch.cat((freqs, freqs), dim=-1)
-        ring_write = None
+        ring_write = ring_pos = None
         if cache_len is None:  # attend within the chunk only
             k_pos = pos[None, :].expand(batch, T)
             if key_mask is not None:
                 k_pos = torch.where(key_mask, k_pos, torch.full_like(k_pos, -1))
         elif window:  # ring buffer of `cache_len` (= window) slots, then the chunk
-            k_pos = torch.cat((ring_slot_positions(pos[0], cache_len), pos))[None, :].expand(batch, cache_len + T)
-            ring_write = ring_write_index(pos, cache_len)
+            ring = ring_slot_positions(pos[0], cache_len)
+            k_pos = torch.cat((ring, pos))[None, :].expand(batch, cache_len + T)
+            ring_write, ring_pos = ring_write_index(pos, cache_len), ring[None, :].expand(batch, cache_len)
         else:  # global cache indexed by position
             k_pos = torch.arange(cache_len, device=pos.device, dtype=pos.dtype)[None, :].expand(batch, cache_len)
         vis = ops.visible_mask(pos, k_pos, window, causal)
-        return AttnContext(pos, emb.cos(), emb.sin(), k_pos, vis, ring_write)
+        return AttnContext(pos, emb.cos(), emb.sin(), k_pos, vis, ring_write, ring_pos)
 
 
 class Attention(nn.Module):
@@ -184,19 +186,26 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
 
-        new_cache = None
+        new_cache = out = None
         if cache is None:
             keys, values = k, v
         elif self.window:  # ring: attend to (ring before the chunk, chunk), then write the chunk in place
-            keys, values = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)  # (B, kvH, W+T, hd)
             slots, src = ctx.ring_write
-            new_cache = (cache[0].index_copy(2, slots.long(), k.index_select(2, src)),
-                         cache[1].index_copy(2, slots.long(), v.index_select(2, src)))  # fmt: skip
+            if self.use_custom_op and self.op_impl is None and self.causal:  # the kernel reads both, no copy
+                out, k_rows, v_rows = torch.ops.gemma_edge.ring_attention(
+                    q, k, v, cache[0], cache[1], ctx.pos, ctx.ring_pos, src, self.window, self.scale, self.softcap
+                )
+            else:
+                keys, values = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)  # (B, kvH, W+T, hd)
+                k_rows, v_rows = k.index_select(2, src), v.index_select(2, src)
+            new_cache = (cache[0].index_copy(2, slots.long(), k_rows), cache[1].index_copy(2, slots.long(), v_rows))
         else:  # global cache indexed by absolute position
             new_cache = (cache[0].index_copy(2, ctx.pos.long(), k), cache[1].index_copy(2, ctx.pos.long(), v))
             keys, values = new_cache
 
-        if self.op_impl is not None:
+        if out is not None:
+            pass
+        elif self.op_impl is not None:
             out = self.op_impl(q, keys, values, ctx.pos, ctx.k_pos, self.window, self.scale, self.softcap, self.causal)
         elif self.use_custom_op:
             out = torch.ops.gemma_edge.sliding_window_attention(

@@ -163,6 +163,35 @@ def _(q, k, v, q_pos, k_pos, window, scale, softcap, causal):
     return torch.empty_like(q)
 
 
+@torch.library.custom_op("gemma_edge::ring_attention", mutates_args=())
+def ring_attention(
+    q: torch.Tensor,  # (B, H, T, D), RoPE applied
+    k: torch.Tensor,  # (B, kvH, T, D): the chunk's keys
+    v: torch.Tensor,
+    k_ring: torch.Tensor,  # (B, kvH, W, D): the ring before the chunk
+    v_ring: torch.Tensor,
+    q_pos: torch.Tensor,  # (T,) the chunk's positions (queries and keys)
+    ring_pos: torch.Tensor,  # (B, W) positions held by the ring slots, -1 = empty
+    src: torch.Tensor,  # (T,) which chunk row each ring write takes (attention.ring_write_index)
+    window: int,
+    scale: float,
+    softcap: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal sliding-window attention over (ring, chunk) without concatenating them: the
+    sliding_window_attention of the keys cat(k_ring, k) at positions cat(ring_pos, q_pos). Also
+    returns the chunk rows to write into the ring (k and v at ``src``): taking them from the op
+    orders every ring write after the ring was read, so an exporter can write the ring in place."""
+    k_pos = torch.cat((ring_pos, q_pos[None, :].expand(ring_pos.shape[0], -1)), dim=1)
+    out = attention_reference(q, torch.cat((k_ring, k), 2), torch.cat((v_ring, v), 2), q_pos, k_pos, window, scale,
+                              softcap, True)  # fmt: skip
+    return out, k.index_select(2, src), v.index_select(2, src)
+
+
+@ring_attention.register_fake
+def _(q, k, v, k_ring, v_ring, q_pos, ring_pos, src, window, scale, softcap):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 @torch.library.custom_op("gemma_edge::rg_lru", mutates_args=())
 def rg_lru(
     x: torch.Tensor,

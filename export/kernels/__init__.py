@@ -35,6 +35,11 @@ _lib.define(
     "float scale, float softcap, bool causal, *, Tensor(a!) out) -> Tensor(a!)"
 )
 _lib.define(
+    "ring_attention.out(Tensor q, Tensor k, Tensor v, Tensor k_ring, Tensor v_ring, Tensor q_pos, Tensor ring_pos, "
+    "Tensor src, SymInt window, float scale, float softcap, *, Tensor(a!) out, Tensor(b!) k_rows, "
+    "Tensor(c!) v_rows) -> (Tensor(a!), Tensor(b!), Tensor(c!))"
+)
+_lib.define(
     "rg_lru.out(Tensor x, Tensor gate_x_weight, Tensor gate_x_bias, Tensor gate_a_weight, Tensor gate_a_bias, "
     "Tensor a_param, Tensor pos, Tensor h0, float c, *, Tensor(a!) y, Tensor(b!) h) -> (Tensor(a!), Tensor(b!))"
 )
@@ -46,6 +51,13 @@ def _attention_out(q, k, v, q_pos, k_pos, window, scale, softcap, causal, *, out
     return out
 
 
+def _ring_attention_out(q, k, v, k_ring, v_ring, q_pos, ring_pos, src, window, scale, softcap, *, out, k_rows, v_rows):
+    res = torch.ops.gemma_edge.ring_attention(q, k, v, k_ring, v_ring, q_pos, ring_pos, src, window, scale, softcap)
+    for t, r in zip((out, k_rows, v_rows), res):
+        t.resize_(r.shape).copy_(r)
+    return out, k_rows, v_rows
+
+
 def _rg_lru_out(x, gxw, gxb, gaw, gab, a_param, pos, h0, c, *, y, h):
     ry, rh = torch.ops.gemma_edge.rg_lru(x, gxw, gxb, gaw, gab, a_param, pos, h0, c)
     y.resize_(ry.shape).copy_(ry)
@@ -55,6 +67,7 @@ def _rg_lru_out(x, gxw, gxb, gaw, gab, a_param, pos, h0, c, *, y, h):
 
 for _key in ("CompositeExplicitAutograd", "Meta"):
     _lib.impl("sliding_window_attention.out", _attention_out, _key)
+    _lib.impl("ring_attention.out", _ring_attention_out, _key)
     _lib.impl("rg_lru.out", _rg_lru_out, _key)
 
 

@@ -1,4 +1,4 @@
-// ExecuTorch CPU kernels for gemma_edge's two custom ops (fp32). Semantics are those of the eager
+// ExecuTorch CPU kernels for gemma_edge's custom ops (fp32). Semantics are those of the eager
 // reference functions in models/ops.py; tests hold the two together.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
@@ -31,6 +31,81 @@ inline bool visible(int64_t qp, int64_t kp, int64_t window, bool causal) {
 
 }  // namespace
 
+namespace {
+
+// Keys and values of one source: (B, kvH, S, D) with positions kpos (B, S) (or, with kpos_shared,
+// the same (S,) positions for every batch row).
+struct KeySource {
+  const float* k;
+  const float* v;
+  const int64_t* kpos;
+  int64_t S;
+  bool kpos_shared;
+};
+
+// out[b, h, t] = softmax over the visible keys of both sources (in order) of q . k, times v.
+void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t kvH, const int64_t* qpd,
+            const KeySource* src, int n_src, int64_t window, double scale, double softcap, bool causal, float* od) {
+  const int64_t rep = H / kvH;
+  int64_t S_total = 0;
+  for (int i = 0; i < n_src; ++i) S_total += src[i].S;
+  // One work item per (batch, head, query); ExecuTorch's threadpool (sized by the runtime) runs them.
+  executorch::extension::parallel_for(0, B * H * T, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> score(S_total);
+    std::vector<float> acc(D);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / (H * T), h = (item / T) % H, t = item % T;
+      const int64_t g = h / rep;
+      const float* qv = qd + ((b * H + h) * T + t) * D;
+      float* o = od + ((b * H + h) * T + t) * D;
+      const int64_t qp = qpd[t];
+      float mx = -std::numeric_limits<float>::infinity();
+      int64_t n_vis = 0, at = 0;
+      for (int i = 0; i < n_src; ++i) {
+        const KeySource& ks = src[i];
+        const float* kb = ks.k + ((b * kvH + g) * ks.S) * D;
+        const int64_t* kp = ks.kpos + (ks.kpos_shared ? 0 : b * ks.S);
+        for (int64_t s = 0; s < ks.S; ++s, ++at) {
+          if (!visible(qp, kp[s], window, causal)) {
+            score[at] = -std::numeric_limits<float>::infinity();
+            continue;
+          }
+          const float* kv = kb + s * D;
+          float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t d = 0; d < D; ++d) dot += qv[d] * kv[d];
+          float z = dot * static_cast<float>(scale);
+          if (softcap > 0) z = static_cast<float>(softcap) * std::tanh(z / static_cast<float>(softcap));
+          score[at] = z;
+          mx = std::max(mx, z);
+          ++n_vis;
+        }
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      float total = 0.f;
+      at = 0;
+      for (int i = 0; i < n_src; ++i) {
+        const KeySource& ks = src[i];
+        const float* vb = ks.v + ((b * kvH + g) * ks.S) * D;
+        for (int64_t s = 0; s < ks.S; ++s, ++at) {
+          // No visible key (a padded query): the reference's finite floor gives equal weights.
+          const float p = n_vis ? (std::isinf(score[at]) ? 0.f : std::exp(score[at] - mx)) : 1.f;
+          if (p == 0.f) continue;
+          total += p;
+          const float* vv = vb + s * D;
+          float* a = acc.data();
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) a[d] += p * vv[d];
+        }
+      }
+      const float inv = 1.f / total;
+      for (int64_t d = 0; d < D; ++d) o[d] = acc[d] * inv;
+    }
+  });
+}
+
+}  // namespace
+
 // q (B, H, T, D), k/v (B, kvH, S, D), q_pos (T,), k_pos (B, S) -> out (B, H, T, D)
 Tensor& sliding_window_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& q_pos, const Tensor& k_pos,
@@ -48,59 +123,59 @@ Tensor& sliding_window_attention_out(KernelRuntimeContext& ctx, const Tensor& q,
   const int64_t kvH = k.size(1), S = k.size(2);
   ET_KERNEL_CHECK_MSG(ctx, kvH > 0 && H % kvH == 0 && k.size(3) == D && v.size(2) == S, InvalidArgument, out,
                       "gemma_edge::sliding_window_attention: shape mismatch");
-  const int64_t rep = H / kvH;
-  const float* qd = q.const_data_ptr<float>();
+  const KeySource src{k.const_data_ptr<float>(), v.const_data_ptr<float>(), k_pos.const_data_ptr<int64_t>(), S,
+                      false};
+  attend(q.const_data_ptr<float>(), B, H, T, D, kvH, q_pos.const_data_ptr<int64_t>(), &src, 1, window, scale,
+         softcap, causal, out.mutable_data_ptr<float>());
+  return out;
+}
+
+// q (B, H, T, D), chunk k/v (B, kvH, T, D), ring k/v (B, kvH, W, D), q_pos (T,), ring_pos (B, W),
+// src (T,) -> out (B, H, T, D): causal attention over (ring, chunk), read in place; k_rows/v_rows
+// (B, kvH, T, D): the chunk rows at src, which the program then writes into the ring.
+void ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& k_ring, const Tensor& v_ring, const Tensor& q_pos, const Tensor& ring_pos,
+                        const Tensor& src_rows, int64_t window, double scale, double softcap, Tensor& out,
+                        Tensor& k_rows, Tensor& v_rows) {
+  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == ScalarType::Float &&
+                               v.scalar_type() == ScalarType::Float && k_ring.scalar_type() == ScalarType::Float &&
+                               v_ring.scalar_type() == ScalarType::Float, InvalidArgument, ,
+                      "gemma_edge::ring_attention: fp32 q/k/v and rings expected");
+  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k_ring.dim() == 4 && v_ring.dim() == 4 &&
+                               ring_pos.dim() == 2 && src_rows.dim() == 1, InvalidArgument, ,
+                      "gemma_edge::ring_attention: q/k/v and rings must be 4-D, ring_pos 2-D, src 1-D");
+  ET_KERNEL_CHECK_MSG(ctx, q_pos.scalar_type() == ScalarType::Long && ring_pos.scalar_type() == ScalarType::Long &&
+                               src_rows.scalar_type() == ScalarType::Long, InvalidArgument, ,
+                      "gemma_edge::ring_attention: int64 positions and rows expected");
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok, InvalidArgument, );
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(k_rows, k.sizes()) == Error::Ok, InvalidArgument, );
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(v_rows, v.sizes()) == Error::Ok, InvalidArgument, );
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t kvH = k.size(1), W = k_ring.size(2);
+  ET_KERNEL_CHECK_MSG(ctx, kvH > 0 && H % kvH == 0 && k.size(2) == T && k.size(3) == D && v.size(2) == T &&
+                               k_ring.size(1) == kvH && k_ring.size(3) == D && v_ring.size(2) == W &&
+                               ring_pos.size(1) == W && src_rows.size(0) == T, InvalidArgument, ,
+                      "gemma_edge::ring_attention: shape mismatch");
+  const int64_t* qpd = q_pos.const_data_ptr<int64_t>();
+  const KeySource src[2] = {
+      {k_ring.const_data_ptr<float>(), v_ring.const_data_ptr<float>(), ring_pos.const_data_ptr<int64_t>(), W, false},
+      {k.const_data_ptr<float>(), v.const_data_ptr<float>(), qpd, T, true},
+  };
+  attend(q.const_data_ptr<float>(), B, H, T, D, kvH, qpd, src, 2, window, scale, softcap, true,
+         out.mutable_data_ptr<float>());
+  const int64_t* rows = src_rows.const_data_ptr<int64_t>();
+  for (int64_t j = 0; j < T; ++j)
+    ET_KERNEL_CHECK_MSG(ctx, rows[j] >= 0 && rows[j] < T, InvalidArgument, , "gemma_edge::ring_attention: src out of range");
   const float* kd = k.const_data_ptr<float>();
   const float* vd = v.const_data_ptr<float>();
-  const int64_t* qpd = q_pos.const_data_ptr<int64_t>();
-  const int64_t* kpd = k_pos.const_data_ptr<int64_t>();
-  float* od = out.mutable_data_ptr<float>();
-  // One work item per (batch, head, query); ExecuTorch's threadpool (sized by the runtime) runs them.
-  executorch::extension::parallel_for(0, B * H * T, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> score(S);
-    std::vector<float> acc(D);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / (H * T), h = (item / T) % H, t = item % T;
-      const int64_t g = h / rep;
-      const float* kb = kd + ((b * kvH + g) * S) * D;
-      const float* vb = vd + ((b * kvH + g) * S) * D;
-      const float* qv = qd + ((b * H + h) * T + t) * D;
-      float* o = od + ((b * H + h) * T + t) * D;
-      const int64_t qp = qpd[t];
-      float mx = -std::numeric_limits<float>::infinity();
-      int64_t n_vis = 0;
-      for (int64_t s = 0; s < S; ++s) {
-        if (!visible(qp, kpd[b * S + s], window, causal)) {
-          score[s] = -std::numeric_limits<float>::infinity();
-          continue;
-        }
-        const float* kv = kb + s * D;
-        float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t d = 0; d < D; ++d) dot += qv[d] * kv[d];
-        float z = dot * static_cast<float>(scale);
-        if (softcap > 0) z = static_cast<float>(softcap) * std::tanh(z / static_cast<float>(softcap));
-        score[s] = z;
-        mx = std::max(mx, z);
-        ++n_vis;
-      }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      float total = 0.f;
-      for (int64_t s = 0; s < S; ++s) {
-        // No visible key (a padded query): the reference's finite floor gives equal weights.
-        const float p = n_vis ? (std::isinf(score[s]) ? 0.f : std::exp(score[s] - mx)) : 1.f;
-        if (p == 0.f) continue;
-        total += p;
-        const float* vv = vb + s * D;
-        float* a = acc.data();
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) a[d] += p * vv[d];
-      }
-      const float inv = 1.f / total;
-      for (int64_t d = 0; d < D; ++d) o[d] = acc[d] * inv;
+  float* kr = k_rows.mutable_data_ptr<float>();
+  float* vr = v_rows.mutable_data_ptr<float>();
+  for (int64_t bg = 0; bg < B * kvH; ++bg) {
+    for (int64_t j = 0; j < T; ++j) {
+      std::copy_n(kd + (bg * T + rows[j]) * D, D, kr + (bg * T + j) * D);
+      std::copy_n(vd + (bg * T + rows[j]) * D, D, vr + (bg * T + j) * D);
     }
-  });
-  return out;
+  }
 }
 
 // x (B, T, L); gates (H, L/H, L/H) + (H, L/H); a_param (L,); pos (T,); h0 (B, L) -> y (B, T, L), h (B, L)
@@ -181,6 +256,19 @@ void rg_lru_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
 
 const auto rg_lru_registration = executorch::runtime::register_kernel(
     executorch::runtime::Kernel("gemma_edge::rg_lru.out", rg_lru_out_boxed));
+
+// ring_attention.out: 11 inputs, then out, k_rows, v_rows, then the aggregate return (ignored).
+void ring_attention_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  ET_KERNEL_CHECK_MSG(ctx, stack.size() == 15, InvalidProgram, , "gemma_edge::ring_attention.out: expected 15 "
+                      "stack entries, got %zu", static_cast<size_t>(stack.size()));
+  ring_attention_out(ctx, stack[0]->toTensor(), stack[1]->toTensor(), stack[2]->toTensor(), stack[3]->toTensor(),
+                     stack[4]->toTensor(), stack[5]->toTensor(), stack[6]->toTensor(), stack[7]->toTensor(),
+                     stack[8]->toInt(), stack[9]->toDouble(), stack[10]->toDouble(), stack[11]->toTensor(),
+                     stack[12]->toTensor(), stack[13]->toTensor());
+}
+
+const auto ring_attention_registration = executorch::runtime::register_kernel(
+    executorch::runtime::Kernel("gemma_edge::ring_attention.out", ring_attention_out_boxed));
 
 }  // namespace
 }  // namespace gemma_edge

@@ -80,18 +80,23 @@ def test_local_caches_hold_window_slots_not_max_seq_len(tmp_path):
     assert sizes["global", 128] - sizes["global", 32] >= 2 * 96 * base.num_kv_heads * base.head_dim * 4
 
 
-def test_caches_are_written_in_place(artifact):
+@pytest.mark.parametrize("recipe, ops", [("8da4w+emb4", "portable"), ("8da8w", "fused")])
+def test_caches_are_written_in_place(artifact, recipe, ops):
     """Every cache update is an in-place index_put_ into its state buffer: no kernel copies a whole
     cache (a ring rebuilt by a gather and copied back costs a few MB per token at 1B scale)."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
-    p = deserialize_pte_binary((artifact("tiny-gemma3", "8da4w+emb4") / "model.pte").read_bytes())
+    p = deserialize_pte_binary((artifact("tiny-gemma3", recipe, ops) / "model.pte").read_bytes())
     plan = next(ep for ep in getattr(p, "program", p).execution_plan if ep.name == "forward")
     calls = [plan.operators[i.instr_args.op_index].name for c in plan.chains for i in c.instructions
              if type(i.instr_args).__name__ == "KernelCall"]  # fmt: skip
     n_layers = len(models.get_preset("tiny-gemma3").layer_kinds)
     assert calls.count("aten::index_put_") == 2 * n_layers  # K and V of every layer
     assert "aten::copy_" not in calls
+    if ops == "fused":  # local layers read their ring in place (no concatenation with the chunk)
+        assert calls.count("gemma_edge::ring_attention.out") == sum(
+            k == "local" for k in models.get_preset("tiny-gemma3").layer_kinds
+        )
 
 
 def test_gemma3_1b_state_memory_at_8192():

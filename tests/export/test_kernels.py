@@ -58,6 +58,37 @@ def test_attention_kernel_matches_reference(tmp_path, window, softcap, causal):
         assert (out[0] - ref).abs().max().item() < 1e-5
 
 
+class _Ring(torch.nn.Module):
+    def forward(self, q, k, v, k_ring, v_ring, q_pos, ring_pos, src):
+        return torch.ops.gemma_edge.ring_attention(q, k, v, k_ring, v_ring, q_pos, ring_pos, src, 8, 0.25, 3.0)
+
+
+def test_ring_attention_kernel_matches_reference(tmp_path):
+    """Attention over (ring, chunk) read in place equals attention over their concatenation; the
+    rows it hands back for the ring write are the chunk's rows at src."""
+    from gemma_edge.models.attention import ring_slot_positions, ring_write_index
+
+    W = 8
+
+    def inputs(start, T):
+        q, k, v = (torch.randn(2, 4, T, 16, generator=G), torch.randn(2, 2, T, 16, generator=G),
+                   torch.randn(2, 2, T, 16, generator=G))  # fmt: skip
+        kr, vr = torch.randn(2, 2, W, 16, generator=G), torch.randn(2, 2, W, 16, generator=G)
+        ring = ring_slot_positions(torch.tensor(start), W)[None].expand(2, W).contiguous()
+        pos = torch.arange(start, start + T)
+        return q, k, v, kr, vr, pos, ring, ring_write_index(pos, W)[1]
+
+    T = Dim("T", min=1, max=16)
+    dyn = ({2: T}, {2: T}, {2: T}, None, None, {0: T}, None, {0: T})
+    cases = [inputs(0, 5), inputs(3, 1), inputs(13, 1), inputs(20, 12), inputs(9, 16)]
+    outs = _run_pte(_Ring(), inputs(4, 3), dyn, tmp_path, cases)
+    for (q, k, v, kr, vr, qp, rp, src), out in zip(cases, outs):
+        k_pos = torch.cat((rp, qp[None].expand(2, -1)), 1)
+        ref = ops.attention_reference(q, torch.cat((kr, k), 2), torch.cat((vr, v), 2), qp, k_pos, W, 0.25, 3.0, True)
+        assert (out[0] - ref).abs().max().item() < 1e-5
+        assert torch.equal(out[1], k[:, :, src]) and torch.equal(out[2], v[:, :, src])
+
+
 class _LRU(torch.nn.Module):
     def forward(self, x, wx, bx, wa, ba, lam, pos, h0):
         return torch.ops.gemma_edge.rg_lru(x, wx, bx, wa, ba, lam, pos, h0, 8.0)
