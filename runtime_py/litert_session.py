@@ -1,7 +1,10 @@
 """Session over LiteRT's interpreter (ai_edge_litert), XNNPACK with the profile's threads.
 
-Prefill runs the ``prefill_{T}`` signature on whole chunks of T and ``decode`` on the rest; the state
-tensors are fed to each call and taken back from its outputs.
+Prefill runs the ``prefill_{T}`` signature on whole chunks of T and ``decode`` on the rest. The
+state stays in the interpreter's own tensors: each signature's inputs and outputs are numpy views
+of them, and a call copies the state once, from the outputs of the signature that ran last into its
+inputs (the public signature runners copy every state tensor in from Python and out into a new
+array each call, which at 1B scale costs more than the weights' traffic).
 """
 
 from __future__ import annotations
@@ -31,12 +34,25 @@ class LiteRTSession(Session):
             raise ArtifactError(f"LiteRT could not load {path}: {e}") from None
         methods = self.manifest["methods"]
         if self.config.causal:
-            self.runners = {n: self.interp.get_signature_runner(n) for n in sigs}
+            # The interpreter wrapper's per-subgraph tensor views (what SignatureRunner uses inside).
+            self.wrapper = self.interp._interpreter
+            self.sigs = {}
+            for n in sigs:
+                r = self.interp.get_signature_runner(n)
+                sg = r._subgraph_index
+                self.wrapper.AllocateTensors(sg)
+                view = lambda i, sg=sg: self.wrapper.tensor(self.wrapper, i, sg)  # noqa: E731
+                self.sigs[n] = (sg, {k: view(i) for k, i in r._inputs.items()}, {k: view(i) for k, i in r._outputs})
             self.prefill_name = next((n for n in sigs if n.startswith("prefill_")), None)
             self.chunk = int(self.prefill_name.split("_")[1]) if self.prefill_name else 1
-            inputs = methods["decode"]["inputs"][2:]
-            self.zero_state = {i["name"]: np.zeros(i["shape"], dtype=np.float32) for i in inputs}
-            self.state = dict(self.zero_state)
+            self.state_names = [i["name"] for i in methods["decode"]["inputs"][2:]]
+            self.state_at = None  # the signature whose outputs hold the state; None: zeros
+            # If the interpreter placed one state input over another state's output, copying in
+            # place would clobber a value before it is read: those signatures copy through a buffer.
+            self.aliased = {
+                n for n, (_, ins, outs) in self.sigs.items()
+                if any(np.shares_memory(ins[a], outs[b]) for a in self.state_names for b in self.state_names if a != b)
+            }  # fmt: skip
         else:
             self.runner = self.interp.get_signature_runner("embed")
             self.max_len = methods["embed"]["inputs"][0]["shape"][1]
@@ -44,15 +60,24 @@ class LiteRTSession(Session):
     def reset(self) -> None:
         super().reset()
         if self.config.causal:
-            self.state = dict(self.zero_state)
+            self.state_at = None
 
     def _run(self, name: str, tokens: np.ndarray, start: int) -> np.ndarray:
+        sg, ins, outs = self.sigs[name]
         T = tokens.shape[1]
-        out = self.runners[name](
-            tokens=tokens.astype(np.int32), input_pos=np.arange(start, start + T, dtype=np.int32), **self.state
-        )
-        self.state = {n: out[n] for n in self.state}
-        return out["logits"]
+        ins["tokens"][...] = tokens
+        ins["input_pos"][...] = np.arange(start, start + T, dtype=np.int32)
+        held = self.sigs[self.state_at][2] if self.state_at else None
+        if held is not None and self.state_at == name and name in self.aliased:
+            held = {n: held[n].copy() for n in self.state_names}
+        for n in self.state_names:
+            if held is None:
+                ins[n].fill(0)
+            else:
+                np.copyto(ins[n], held[n])  # numpy copes if the two views overlap
+        self.wrapper.Invoke(sg)
+        self.state_at = name
+        return outs["logits"].copy()
 
     def _forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         t = tokens.numpy()
@@ -62,7 +87,7 @@ class LiteRTSession(Session):
             n = self.chunk if whole else 1
             logits = self._run(self.prefill_name if whole else "decode", t[:, i : i + n], start + i)
             i += n
-        return torch.from_numpy(np.array(logits)).reshape(-1)
+        return torch.from_numpy(logits).reshape(-1)
 
     def _embed(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         T = tokens.shape[1]
