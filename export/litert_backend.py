@@ -100,7 +100,7 @@ def _composite_rg_lru(x, gxw, gxb, gaw, gab, a_param, pos, h0, c):
 QUANT = {  # recipe base -> what ai-edge-quantizer makes of it
     "fp16": "weight-only fp16 (float casting)",
     "int8": "weight-only int8, per channel",
-    "8da8w": "dynamic int8, per channel",
+    "8da8w": "dynamic int8, per channel (linears and the embedding table)",
     "int4": "dynamic int4, blockwise",
     "8da4w": "dynamic int4, blockwise",
 }
@@ -226,7 +226,14 @@ def _quantize(path: Path, recipe: Recipe) -> dict:
     elif base == "int8":
         rp = aeq.weight_only_wi8_afp32()
     elif base == "8da8w":
-        rp = aeq.dynamic_wi8_afp32()
+        # Linears and the table only: with every supported op, ai-edge-quantizer also quantizes the
+        # constant left operand of Griffin's block-diagonal BATCH_MATMUL, which TFLite cannot run.
+        from ai_edge_quantizer import recipe_manager
+
+        mgr = recipe_manager.RecipeManager()
+        for op in (aeq.TFLOperationName.FULLY_CONNECTED, aeq.TFLOperationName.EMBEDDING_LOOKUP):
+            mgr.add_dynamic_config(regex=".*", operation_name=op, num_bits=8)
+        rp = mgr.get_quantization_recipe()
     elif base in ("int4", "8da4w"):
         gran = {32: aeq.QuantGranularity.BLOCKWISE_32, 128: aeq.QuantGranularity.BLOCKWISE_128}[recipe.group_size]
         rp = aeq._dynamic_wix_afp32(num_bits=4, granularity=gran)
