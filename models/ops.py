@@ -1,8 +1,11 @@
-"""The two custom ops that carry Gemma's special parts, with their reference math.
+"""The custom ops that carry Gemma's special parts, with their reference math.
 
 * ``gemma_edge::sliding_window_attention`` - GQA/MQA attention over keys whose absolute positions
   are given (a ring buffer, a full cache, or just the current chunk), with a window, an optional
   logit soft-cap and a causal or bidirectional mask.
+* ``gemma_edge::ring_attention`` - the same causal attention over a local layer's ring and the
+  current chunk given apart (no concatenation), also handing back the chunk rows the ring write
+  takes.
 * ``gemma_edge::rg_lru`` - the RG-LRU scan of Griffin (REFERENCE §2b) with the hidden state in and
   out.
 
