@@ -203,18 +203,19 @@ class Attention(nn.Module):
             new_cache = (cache[0].index_copy(2, ctx.pos.long(), k), cache[1].index_copy(2, ctx.pos.long(), v))
             keys, values = new_cache
 
-        if out is not None:
-            pass
-        elif self.op_impl is not None:
-            out = self.op_impl(q, keys, values, ctx.pos, ctx.k_pos, self.window, self.scale, self.softcap, self.causal)
-        elif self.use_custom_op:
-            out = torch.ops.gemma_edge.sliding_window_attention(
-                q, keys, values, ctx.pos, ctx.k_pos, self.window, self.scale, self.softcap, self.causal
-            )
-        else:
-            out = ops.masked_attention(q, keys, values, ctx.vis, self.scale, self.softcap)
+        if out is None:  # (ring_attention above already attended)
+            out = self._attend(q, keys, values, ctx)
         out = out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         return self.o_proj(out), new_cache
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        if self.op_impl is not None:
+            return self.op_impl(q, keys, values, ctx.pos, ctx.k_pos, self.window, self.scale, self.softcap, self.causal)
+        if self.use_custom_op:
+            return torch.ops.gemma_edge.sliding_window_attention(
+                q, keys, values, ctx.pos, ctx.k_pos, self.window, self.scale, self.softcap, self.causal
+            )
+        return ops.masked_attention(q, keys, values, ctx.vis, self.scale, self.softcap)
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v projections (B, T, heads * hd): one fused linear where a backend set ``qkv_proj``."""

@@ -142,8 +142,8 @@ def quantize_for_onnx(model: nn.Module, recipe) -> dict:
     """Quantize ``model`` in place into MatMulNBits / GatherBlockQuantized form; return the layout.
 
     int8 and int4 use blocks of ``recipe.group_size`` (32 when the recipe says per channel); 8da4w
-    and 8da8w are int4 and int8 with ``accuracy_level`` 4. With ``+emb4`` the table is quantized in blocks along d_model
-    and the head reads the same bytes (a tied head is stored once).
+    and 8da8w are int4 and int8 with ``accuracy_level`` 4. With ``+emb4`` the table is quantized in
+    blocks along d_model and the head reads the same bytes (a tied head is stored once).
     """
     block = recipe.group_size or 32
     layout = {"block_size": block, "symmetric": True}

@@ -5,6 +5,7 @@
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
 #include <algorithm>
+#include <cinttypes>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -156,6 +157,12 @@ void ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
                                k_ring.size(1) == kvH && k_ring.size(3) == D && v_ring.size(2) == W &&
                                ring_pos.size(1) == W && src_rows.size(0) == T, InvalidArgument, ,
                       "gemma_edge::ring_attention: shape mismatch");
+  const int64_t* rows = src_rows.const_data_ptr<int64_t>();
+  for (int64_t j = 0; j < T; ++j) {
+    ET_KERNEL_CHECK_MSG(ctx, rows[j] >= 0 && rows[j] < T, InvalidArgument, ,
+                        "gemma_edge::ring_attention: src[%" PRId64 "] = %" PRId64 " is not a chunk row (0..%" PRId64
+                        ")", j, rows[j], T - 1);
+  }
   const int64_t* qpd = q_pos.const_data_ptr<int64_t>();
   const KeySource src[2] = {
       {k_ring.const_data_ptr<float>(), v_ring.const_data_ptr<float>(), ring_pos.const_data_ptr<int64_t>(), W, false},
@@ -163,9 +170,6 @@ void ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
   };
   attend(q.const_data_ptr<float>(), B, H, T, D, kvH, qpd, src, 2, window, scale, softcap, true,
          out.mutable_data_ptr<float>());
-  const int64_t* rows = src_rows.const_data_ptr<int64_t>();
-  for (int64_t j = 0; j < T; ++j)
-    ET_KERNEL_CHECK_MSG(ctx, rows[j] >= 0 && rows[j] < T, InvalidArgument, , "gemma_edge::ring_attention: src out of range");
   const float* kd = k.const_data_ptr<float>();
   const float* vd = v.const_data_ptr<float>();
   float* kr = k_rows.mutable_data_ptr<float>();

@@ -90,13 +90,11 @@ def test_caches_are_written_in_place(artifact, recipe, ops):
     plan = next(ep for ep in getattr(p, "program", p).execution_plan if ep.name == "forward")
     calls = [plan.operators[i.instr_args.op_index].name for c in plan.chains for i in c.instructions
              if type(i.instr_args).__name__ == "KernelCall"]  # fmt: skip
-    n_layers = len(models.get_preset("tiny-gemma3").layer_kinds)
-    assert calls.count("aten::index_put_") == 2 * n_layers  # K and V of every layer
+    kinds = models.get_preset("tiny-gemma3").layer_kinds
+    assert calls.count("aten::index_put_") == 2 * len(kinds)  # K and V of every layer
     assert "aten::copy_" not in calls
     if ops == "fused":  # local layers read their ring in place (no concatenation with the chunk)
-        assert calls.count("gemma_edge::ring_attention") == sum(
-            k == "local" for k in models.get_preset("tiny-gemma3").layer_kinds
-        )
+        assert calls.count("gemma_edge::ring_attention") == kinds.count("local")
 
 
 def test_gemma3_1b_state_memory_at_8192():
