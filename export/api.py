@@ -70,20 +70,46 @@ def special_tokens(cfg: ModelConfig, tokenizer_path: Path | None) -> dict:
     return ids
 
 
+def calibration(cfg: ModelConfig, rec: Recipe, tokenizer_path: Path | None) -> list[int] | None:
+    """The token ids 4-bit PTQ calibrates on (quant/ptq.py), or None where it needs none."""
+    if not rec.has_int4 or rec.ptq == "rtn" or not cfg.causal:
+        return None
+    from gemma_edge.models import Tokenizer
+    from gemma_edge.quant.ptq import calibration_ids
+
+    tok = Tokenizer(tokenizer_path, cfg.family) if tokenizer_path is not None else None
+    return calibration_ids(cfg, tok)
+
+
 def _eager_quantized(model: nn.Module, rec: Recipe, backend: str, artifact_dir: Path) -> nn.Module:
-    """The eager model quantized as the backend's runtime runs it: the prepared model, or the
-    backend's ``eager_quantized`` where quantization happens after lowering (LiteRT)."""
+    """The eager model quantized as the backend's runtime runs it: the prepared model (quantized
+    again, with the same calibration), or the backend's ``eager_quantized`` where quantization
+    happens after lowering (LiteRT)."""
     b = BACKENDS[backend]()
     if hasattr(b, "eager_quantized"):
         return b.eager_quantized(model, rec, artifact_dir)
-    return b.prepare(model, rec, "portable")
+    tok = artifact_dir / "tokenizer.model"
+    calib = calibration(model.config, rec, tok if tok.exists() else None)
+    return b.prepare(model, rec, "portable", calibration=calib)
 
 
-def _verify_tokens(cfg: ModelConfig, max_seq_len: int, seed: int = 0) -> list[int]:
-    # Long enough to cross the local window several times where max_seq_len allows it.
+def _verify_tokens(cfg: ModelConfig, max_seq_len: int, tokenizer=None, seed: int = 0) -> list[int]:
+    """Real text (public-domain prose, runtime_py/verify_text.txt) through the model's tokenizer when
+    it has one, since a trained model's quantization error on random ids says nothing of its error
+    on text; else seeded random ids (random-init models), long enough to cross the local window
+    several times where max_seq_len allows it."""
+    if tokenizer is not None:
+        ids = tokenizer.encode(_verify_text())
+        return ids[: min(max_seq_len, 160, len(ids))]
     n = min(max_seq_len, max(48, min(4 * cfg.window + 8, 96)))
     rng = random.Random(seed)
     return [rng.randrange(3, cfg.vocab_size) for _ in range(n)]
+
+
+def _verify_text() -> str:
+    from importlib.resources import files
+
+    return files("gemma_edge.runtime_py").joinpath("verify_text.txt").read_text(encoding="utf-8")
 
 
 def export(
@@ -96,6 +122,7 @@ def export(
     *,
     prefill_chunk: int | None = None,
     group_size: int = 32,
+    ptq: str = "gptq",
     tokenizer_path: str | Path | None = None,
     verify: bool = True,
     overwrite: bool = False,
@@ -117,7 +144,7 @@ def export(
         raise InputError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if ops not in OPS_MODES:
         raise InputError(f"unknown ops mode {ops!r}; known: {', '.join(OPS_MODES)}")
-    rec = parse_recipe(recipe, group_size) if isinstance(recipe, str) else recipe
+    rec = parse_recipe(recipe, group_size, ptq) if isinstance(recipe, str) else recipe
     b = BACKENDS[backend]()
     b.check_supported(rec)
     if ort_format and backend != "onnx":
@@ -146,8 +173,10 @@ def export(
     timings = {}
     with staging_dir(Path(out_dir), overwrite=overwrite) as d:
         t0 = time.perf_counter()
-        progress(f"[1/4] quantize: {rec.name}" + (" (nothing to do)" if not rec.is_quantized else ""))
-        prepared = b.prepare(model, rec, ops, copy_model=not inplace)
+        progress(f"[1/4] quantize: {rec.name}" + (f" ({rec.ptq})" if rec.has_int4 else "")
+                 + (" (nothing to do)" if not rec.is_quantized else ""))  # fmt: skip
+        calib = calibration(cfg, rec, tok)
+        prepared = b.prepare(model, rec, ops, copy_model=not inplace, calibration=calib)
         timings["quantize_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         progress(f"[2/4] export + lower to {backend} ({ops} ops)")
@@ -203,11 +232,14 @@ def run_verify(artifact_dir: Path, model: nn.Module, rec: Recipe, backend: str, 
     session = load(artifact_dir)
     with torch.no_grad():
         if cfg.causal:
-            results = causal_parity(session, refs, _verify_tokens(cfg, session.max_seq_len))
+            tokens = _verify_tokens(cfg, session.max_seq_len, session.tokenizer)
+            results = causal_parity(session, refs, tokens)
+            inputs = {"tokens": len(tokens), "source": "text" if session.tokenizer else "random ids"}
         else:
             rng = random.Random(0)
             lengths = [5, min(session.max_seq_len, 3 * cfg.window + 2), 1]
             inputs = [[rng.randrange(3, cfg.vocab_size) for _ in range(n)] for n in lengths]
             results = encoder_parity(session, refs, inputs)
+            inputs = {"tokens": sum(map(len, inputs)), "source": "random ids"}
     limits = thresholds_for(base, backend, cfg.causal)
-    return {"results": results, "thresholds": limits, "missed": check(results, limits)}
+    return {"results": results, "thresholds": limits, "missed": check(results, limits), "inputs": inputs}

@@ -23,7 +23,7 @@ from gemma_edge.export import kernels  # noqa: F401  (.out variants the emitter 
 from gemma_edge.models import CausalLM, Encoder, fuse_projections, untie_head, use_custom_ops
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.layers import RMSNorm
-from gemma_edge.quant import Recipe, quantize_for_executorch
+from gemma_edge.quant import Recipe, ptq, quantize_for_executorch
 
 __all__ = ["ExecuTorchCausal", "ExecuTorchEncoder", "check_supported", "prepare", "lower", "runtime_version"]
 
@@ -100,8 +100,9 @@ def _swap_norms(module: nn.Module) -> None:
             _swap_norms(child)
 
 
-def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True) -> nn.Module:
-    """The model (a private copy unless ``copy_model`` is False) quantized per the recipe, routed
+def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True, calibration=None) -> nn.Module:
+    """The model (a private copy unless ``copy_model`` is False) quantized per the recipe (4-bit
+    codes chosen by ``recipe.ptq`` on XNNPACK's grid, calibrated on the ids ``calibration``), routed
     through the custom ops if fused, with XNNPACK-friendly norms."""
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     _swap_norms(model)
@@ -109,7 +110,8 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True)
     if recipe.embedding_bits is not None:
         untie_head(model)
     if recipe.is_quantized:
-        quantize_for_executorch(model, recipe)
+        scales = ptq.optimize(model, recipe, ptq.GRIDS["executorch"], calibration) if recipe.has_int4 else {}
+        quantize_for_executorch(model, recipe, scales)
     if ops == "fused":
         use_custom_ops(model)
     return model

@@ -31,7 +31,7 @@ from gemma_edge.models import CausalLM, Encoder, ops
 from gemma_edge.models.attention import Attention
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.recurrent import RGLRU
-from gemma_edge.quant import Recipe
+from gemma_edge.quant import Recipe, ptq
 
 __all__ = ["check_supported", "prepare", "lower", "runtime_version", "state_names"]
 
@@ -119,10 +119,15 @@ def check_supported(recipe: Recipe) -> None:
         )
 
 
-def prepare(model: nn.Module, recipe: Recipe, ops_mode: str, copy_model: bool = True) -> nn.Module:
+def prepare(model: nn.Module, recipe: Recipe, ops_mode: str, copy_model: bool = True, calibration=None) -> nn.Module:
     """A private copy (unless ``copy_model`` is False), with our ops as named composites if fused.
-    Quantization happens on the flatbuffer after conversion (``lower``)."""
+    Quantization happens on the flatbuffer after conversion (``lower``); for 4-bit recipes the
+    weights (the table included, which ai-edge-quantizer also quantizes) are first snapped to codes
+    chosen by ``recipe.ptq`` on ai-edge-quantizer's grid (-7..7, scale = block max / 7, bf16), so that
+    its round-to-nearest recovers exactly those codes."""
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
+    if recipe.weight_bits == 4:
+        ptq.optimize(model, recipe, ptq.GRIDS["litert"], calibration, table=True)
     for m in model.modules():
         if isinstance(m, Attention):
             m.op_impl = _composite_attention if ops_mode == "fused" else None

@@ -35,7 +35,7 @@ from torch.export import Dim
 from gemma_edge.models import CausalLM, Encoder, fuse_projections, use_stateful_ops
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.layers import RMSNorm
-from gemma_edge.quant import Recipe
+from gemma_edge.quant import Recipe, ptq
 from gemma_edge.quant.nbits import quantize_for_onnx
 
 __all__ = ["OnnxCausal", "OnnxEncoder", "check_supported", "prepare", "lower", "runtime_version", "state_names"]
@@ -131,14 +131,16 @@ def check_supported(recipe: Recipe) -> None:
         )
 
 
-def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True) -> nn.Module:
+def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True, calibration=None) -> nn.Module:
     """The model (a private copy unless ``copy_model`` is False) quantized per the recipe in
-    MatMulNBits form; the eager result is the lowering reference."""
+    MatMulNBits form (4-bit codes chosen by ``recipe.ptq`` on its grid, calibrated on the ids
+    ``calibration``); the eager result is the lowering reference."""
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     _swap_norms(model)
     fuse_projections(model)  # one MatMul(NBits) for q/k/v and one for gate/up
     if recipe.is_quantized:
-        model.onnx_quant_layout = quantize_for_onnx(model, recipe)
+        scales = ptq.optimize(model, recipe, ptq.GRIDS["onnx"], calibration) if recipe.has_int4 else {}
+        model.onnx_quant_layout = quantize_for_onnx(model, recipe, scales)
     if ops == "fused" and model.config.causal:  # lower() trims the RoPE tables to max_seq_len
         use_stateful_ops(model, model.config.max_seq_len, attention=gqa_fits(model.config))
     return model

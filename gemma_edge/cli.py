@@ -98,9 +98,9 @@ def _do_export(args, source: str, out: Path) -> Path:
     # the peak memory of keeping both.
     return export(
         model, args.backend, args.quant, args.max_seq_len, args.ops, out, prefill_chunk=args.prefill_chunk,
-        group_size=args.group_size, tokenizer_path=tok, verify=not args.no_verify, overwrite=args.overwrite,
-        inplace=True, reference=lambda: _resolve(source, args.seed, allow, tokenizer=False)[0], source=src,
-        ort_format=args.ort_format,
+        group_size=args.group_size, ptq=args.ptq, tokenizer_path=tok, verify=not args.no_verify,
+        overwrite=args.overwrite, inplace=True, reference=lambda: _resolve(source, args.seed, allow, tokenizer=False)[0],
+        source=src, ort_format=args.ort_format,
         progress=lambda m: print(f"{time.perf_counter() - t0:7.1f}s {m}", flush=True),
     )  # fmt: skip
 
@@ -225,6 +225,9 @@ def _export_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     p.add_argument("--ops", default="portable", choices=["portable", "fused"])
     p.add_argument("--prefill-chunk", type=int, default=None)
     p.add_argument("--group-size", type=int, default=32)
+    p.add_argument("--ptq", default="gptq", choices=["rtn", "mse", "gptq"],
+                   help="how 4-bit codes are chosen: round-to-nearest, scale search, or GPTQ calibrated on "
+                   "real text (Macbeth) when the model has a tokenizer. Default gptq")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random-init seed when MODEL is a preset")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--allow-unknown-keys", action="store_true")

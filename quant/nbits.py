@@ -23,18 +23,24 @@ from gemma_edge.models.errors import InputError
 __all__ = ["quantize_blockwise", "dequantize_blockwise", "NBitsLinear", "NBitsEmbedding"]
 
 
-def quantize_blockwise(w: torch.Tensor, bits: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) float -> (qweight uint8 (N, K/block, block*bits/8), scales fp32 (N, K/block))."""
+def quantize_blockwise(w: torch.Tensor, bits: int, block_size: int, scales: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(N, K) float -> (qweight uint8 (N, K/block, block*bits/8), scales fp32 (N, K/block)).
+
+    ``scales`` (N, K/block), when given, replace the max rule (a PTQ method chose them: quant/ptq.py)."""
     if bits not in (4, 8):
         raise InputError(f"bits must be 4 or 8, got {bits}")
     N, K = w.shape
     if block_size < 16 or block_size & (block_size - 1) or K % block_size:
         raise InputError(f"block_size must be a power of two >= 16 dividing K={K}, got {block_size}")
     blocks = w.detach().float().reshape(N, K // block_size, block_size)
-    idx = blocks.abs().argmax(-1, keepdim=True)
-    extreme = blocks.gather(-1, idx)  # signed value of largest magnitude
     half = 2 ** (bits - 1)
-    scales = extreme / -half
+    if scales is None:
+        idx = blocks.abs().argmax(-1, keepdim=True)
+        extreme = blocks.gather(-1, idx)  # signed value of largest magnitude
+        scales = extreme / -half
+    else:
+        scales = scales.float().reshape(N, K // block_size, 1)
     scales = torch.where(scales == 0, torch.ones_like(scales), scales)  # all-zero block: any scale
     q = torch.clamp(torch.round(blocks / scales), -half, half - 1).to(torch.int16) + half  # unsigned codes
     q = q.to(torch.uint8)
@@ -85,11 +91,12 @@ class NBitsLinear(nn.Module):
     ``accuracy_level`` 4 makes ORT quantize activations to int8 on the fly (the 8da4w recipe); the
     eager kernel computes in fp32 either way, so 8da4w's lowering error includes that rounding."""
 
-    def __init__(self, linear: nn.Linear, bits: int, block_size: int, accuracy_level: int = 0) -> None:
+    def __init__(self, linear: nn.Linear, bits: int, block_size: int, accuracy_level: int = 0,
+                 scales: torch.Tensor | None = None) -> None:  # fmt: skip
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.bits, self.block_size, self.accuracy_level = bits, block_size, accuracy_level
-        q, s = quantize_blockwise(linear.weight, bits, block_size)
+        q, s = quantize_blockwise(linear.weight, bits, block_size, scales)
         self.register_buffer("qweight", q)
         self.register_buffer("scales", s.reshape(-1))
         self.bias = linear.bias
@@ -126,25 +133,28 @@ class NBitsEmbedding(nn.Module):
         return torch.ops.gemma_edge.gather_nbits(s.qweight, s.scales, ids, s.bits, s.block_size)
 
 
-def _replace_linears(module: nn.Module, bits: int, block_size: int, accuracy_level: int, skip) -> int:
+def _replace_linears(module: nn.Module, bits: int, block_size: int, accuracy_level: int, scales: dict) -> int:
     n = 0
     for name, child in module.named_children():
-        if isinstance(child, nn.Linear) and child is not skip and child.in_features % block_size == 0:
-            setattr(module, name, NBitsLinear(child, bits, block_size, accuracy_level))
+        if isinstance(child, nn.Linear) and child.in_features % block_size == 0:
+            setattr(module, name, NBitsLinear(child, bits, block_size, accuracy_level, scales.get(child)))
             n += 1
         elif not isinstance(child, (nn.Linear, NBitsLinear)):
-            n += _replace_linears(child, bits, block_size, accuracy_level, skip)
+            n += _replace_linears(child, bits, block_size, accuracy_level, scales)
     return n
 
 
 @torch.no_grad()
-def quantize_for_onnx(model: nn.Module, recipe) -> dict:
+def quantize_for_onnx(model: nn.Module, recipe, scales: dict | None = None) -> dict:
     """Quantize ``model`` in place into MatMulNBits / GatherBlockQuantized form; return the layout.
 
     int8 and int4 use blocks of ``recipe.group_size`` (32 when the recipe says per channel); 8da4w
     and 8da8w are int4 and int8 with ``accuracy_level`` 4. With ``+emb4`` the table is quantized in
     blocks along d_model and the head reads the same bytes (a tied head is stored once).
+    ``scales`` (module -> scales, from quant/ptq.py; the table under its nn.Embedding) replace the
+    max rule where given.
     """
+    scales = scales or {}
     block = recipe.group_size or 32
     layout = {"block_size": block, "symmetric": True}
     head = getattr(model, "lm_head", None)
@@ -156,11 +166,12 @@ def quantize_for_onnx(model: nn.Module, recipe) -> dict:
         if head is None:
             src.weight = table.weight  # tied: quantize the table once, for both uses
         level = 4 if recipe.dynamic_activations else 0  # the head computes like the other linears
-        model.lm_head = NBitsLinear(src, recipe.embedding_bits, block, level)
+        model.lm_head = NBitsLinear(src, recipe.embedding_bits, block, level, scales.get(head or table))
         if head is None:
             model.backbone.embed = NBitsEmbedding(model.lm_head)
         else:
-            model.backbone.embed = NBitsEmbedding(_table_linear(table, recipe.embedding_bits, block), owned=True)
+            own = _table_linear(table, recipe.embedding_bits, block, scales.get(table))
+            model.backbone.embed = NBitsEmbedding(own, owned=True)
         layout["embedding"] = {
             "op": "GatherBlockQuantized",
             "bits": recipe.embedding_bits,
@@ -168,14 +179,14 @@ def quantize_for_onnx(model: nn.Module, recipe) -> dict:
         }
     if recipe.weight_bits is not None:
         level = 4 if recipe.dynamic_activations else 0
-        n = _replace_linears(model, recipe.weight_bits, block, level, skip=None)
+        n = _replace_linears(model, recipe.weight_bits, block, level, scales)
         if n == 0:
             raise InputError(f"recipe {recipe.name}: no linear layer has in_features divisible by block {block}")
         layout["linear"] = {"op": "MatMulNBits", "bits": recipe.weight_bits, "accuracy_level": level, "count": n}
     return layout
 
 
-def _table_linear(table: nn.Embedding, bits: int, block: int) -> NBitsLinear:
+def _table_linear(table: nn.Embedding, bits: int, block: int, scales=None) -> NBitsLinear:
     lin = nn.Linear(table.embedding_dim, table.num_embeddings, bias=False)
     lin.weight = table.weight
-    return NBitsLinear(lin, bits, block)
+    return NBitsLinear(lin, bits, block, scales=scales)

@@ -27,6 +27,11 @@ class Recipe:
     dynamic_activations: bool  # int8 dynamic activation quantization (8da4w, 8da8w)
     group_size: int  # int4 weight groups along the input dim; 0 = per channel
     embedding_bits: int | None  # None, 8 or 4
+    ptq: str = "rtn"  # how 4-bit codes are chosen: rtn | mse | gptq (quant/ptq.py); rtn without 4-bit parts
+
+    @property
+    def has_int4(self) -> bool:
+        return self.weight_bits == 4 or self.embedding_bits == 4
 
     @property
     def is_quantized(self) -> bool:
@@ -40,8 +45,13 @@ class Recipe:
         return cls(**d)
 
 
-def parse_recipe(spec: str, group_size: int = 32) -> Recipe:
-    """``"8da4w+emb4"`` -> Recipe. The group size applies to int4 weights (and int4 embeddings)."""
+def parse_recipe(spec: str, group_size: int = 32, ptq: str = "gptq") -> Recipe:
+    """``"8da4w+emb4"`` -> Recipe. The group size applies to int4 weights (and int4 embeddings);
+    ``ptq`` picks how their codes are chosen (quant/ptq.py: rtn, mse, gptq)."""
+    from .ptq import METHODS
+
+    if ptq not in METHODS:
+        raise InputError(f"unknown PTQ method {ptq!r}; known: {', '.join(METHODS)}")
     base, *extras = spec.split("+")
     if base not in RECIPES:
         raise InputError(f"unknown quantization recipe {spec!r}: base must be one of {RECIPES}")
@@ -51,10 +61,15 @@ def parse_recipe(spec: str, group_size: int = 32) -> Recipe:
     if group_size < 0:
         raise InputError(f"group_size must be >= 0, got {group_size}")
     bits = {"fp32": None, "fp16": 16, "int8": 8, "int4": 4, "8da4w": 4, "8da8w": 8}[base]
+    emb = _EMB[extras[0]] if extras else None
+    int4 = bits == 4 or emb == 4
+    if int4 and group_size == 0:
+        raise InputError(f"recipe {spec}: int4 weights need a group size > 0 (got 0)")
     return Recipe(
         name=spec,
         weight_bits=bits,
         dynamic_activations=base in ("8da4w", "8da8w"),
-        group_size=group_size if bits == 4 or (extras and _EMB[extras[0]] == 4) else 0,
-        embedding_bits=_EMB[extras[0]] if extras else None,
+        group_size=group_size if int4 else 0,
+        embedding_bits=emb,
+        ptq=ptq if int4 else "rtn",
     )
