@@ -94,12 +94,13 @@ def _do_export(args, source: str, out: Path) -> Path:
     print(f"[0/4] load {source}")
     allow = getattr(args, "allow_unknown_keys", False)
     model, tok, src = _resolve(source, args.seed, allow)
+    reference = lambda: _resolve(source, args.seed, allow, tokenizer=False)[0]  # noqa: E731
     # Quantize the loaded model in place and rebuild the fp32 reference for verify afterwards: half
     # the peak memory of keeping both.
     return export(
         model, args.backend, args.quant, args.max_seq_len, args.ops, out, prefill_chunk=args.prefill_chunk,
         group_size=args.group_size, ptq=args.ptq, tokenizer_path=tok, verify=not args.no_verify,
-        overwrite=args.overwrite, inplace=True, reference=lambda: _resolve(source, args.seed, allow, tokenizer=False)[0],
+        overwrite=args.overwrite, inplace=True, reference=reference,
         source=src, ort_format=args.ort_format,
         progress=lambda m: print(f"{time.perf_counter() - t0:7.1f}s {m}", flush=True),
     )  # fmt: skip
