@@ -137,12 +137,19 @@ def _config(r, path: Path) -> ModelConfig:
             family="gemma2", layer_kinds=gemma2_kinds(n), rope_base={"local": base, "global": base},
             attn_softcap=opt("attn_logit_softcapping"), final_softcap=opt("final_logit_softcapping"), **common,
         )  # fmt: skip
+    pattern = opt("attention.sliding_window_pattern", 6)  # newer converters: every Nth global, or a per-layer list
+    if isinstance(pattern, list):
+        if len(pattern) != n:
+            raise CheckpointError(f"{path}: sliding_window_pattern has {len(pattern)} entries for {n} layers")
+        kinds = tuple("local" if s else "global" for s in pattern)
+    else:
+        kinds = gemma3_kinds(n, int(pattern))
     scaling = {}
     if opt("rope.scaling.type") == "linear" and float(opt("rope.scaling.factor", 1.0)) != 1.0:
         scaling = {"global": float(opt("rope.scaling.factor"))}  # llama.cpp scales the global layers only
     return ModelConfig(
-        family="gemma3", layer_kinds=gemma3_kinds(n, 6), rope_base={"local": 10_000.0, "global": base},
-        rope_scaling=scaling, qk_norm=True, **common,
+        family="gemma3", layer_kinds=kinds, rope_scaling=scaling,
+        rope_base={"local": float(opt("rope.freq_base_swa", 10_000.0)), "global": base}, qk_norm=True, **common,
     )  # fmt: skip
 
 
@@ -221,7 +228,8 @@ def gguf_tokenizer(path: str | Path, out_file: str | Path) -> Path:
     """Rebuild the SentencePiece model stored in a GGUF's tokenizer arrays; write it to ``out_file``.
 
     Two things llama.cpp's converter changed are put back: it replaced "▁" by a space in the added
-    whitespace tokens, and it typed ``<unk>`` as CONTROL. The model is BPE with byte fallback, no
+    whitespace tokens, and it typed ``<unk>`` as CONTROL. The model is BPE with byte fallback (when
+    the 256 byte pieces are there), no
     dummy prefix and no whitespace normalisation, as Gemma's tokenizer is.
     """
     from sentencepiece import sentencepiece_model_pb2 as pb
@@ -247,7 +255,7 @@ def gguf_tokenizer(path: str | Path, out_file: str | Path) -> Path:
     ts = m.trainer_spec
     ts.model_type = pb.TrainerSpec.BPE
     ts.vocab_size = len(tokens)
-    ts.byte_fallback = True
+    ts.byte_fallback = sum(int(t) == _BYTE for t in types) == 256  # Gemma's <0x00>..<0xFF>
     # SentencePiece finds its special ids by piece name.
     for kind, key, default in (("unk", "unknown", 3), ("bos", "bos", 2), ("eos", "eos", 1), ("pad", "padding", 0)):
         i = unk if kind == "unk" else int(_field(r, f"tokenizer.ggml.{key}_token_id", p, default))
