@@ -186,14 +186,35 @@ def cmd_bench(args) -> int:
     return 0
 
 
+DEMO_PROMPT = "To be, or not to be, that is the question:"
+
+
+def _continuations(d: Path, source: str, seed: int, steps: int = 24) -> tuple[str, str]:
+    """Greedy continuations of DEMO_PROMPT by the artifact (its runtime) and by the fp32 eager model."""
+    from gemma_edge.runtime_py import load
+    from gemma_edge.runtime_py.verify import eager_greedy
+
+    session = load(d)
+    ids = session.tokenizer.encode(DEMO_PROMPT)
+    art = session.generate(ids, max_new_tokens=steps, stop_tokens=[])
+    ref = eager_greedy(_resolve(source, seed, tokenizer=False)[0], ids, steps, session.max_seq_len)
+    return session.tokenizer.decode(art), session.tokenizer.decode(ref)
+
+
 def cmd_demo(args) -> int:
-    """The main job: export the default model to .pte with 8da4w, verify, benchmark, summarise."""
+    """The main job: export the default model (the real Gemma 3 270M) to .pte, verify, benchmark,
+    show a greedy continuation next to the eager model's, summarise."""
     import subprocess
 
+    from gemma_edge import fixtures
+    from gemma_edge.runtime_py.profiles import get_profile
+
     t0 = time.perf_counter()
+    get_profile(args.profile)  # an unknown profile fails now, not after the export
+    source = args.model or str(fixtures.real_gemma3_270m(progress=print))
     out = Path(args.output)
     args.overwrite = True
-    d = _do_export(args, args.model, out)
+    d = _do_export(args, source, out)
     # The benchmark runs in a fresh process, so its memory figures exclude the export's.
     bench = [sys.executable, "-m", "gemma_edge.cli", "bench", str(d), "--profile", args.profile,
              "--repeats", str(args.repeats), "-o", str(d / "bench")]  # fmt: skip
@@ -207,14 +228,20 @@ def cmd_demo(args) -> int:
     if par:
         for name, r in par["results"].items():
             print(f"parity vs {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in r.items()))
+    if (d / "tokenizer.model").exists():
+        art, ref = _continuations(d, source, args.seed)
+        print(f"\nprompt: {DEMO_PROMPT}")
+        print(f"  {m['recipe']['name']} in {m['backend']}: {art!r}\n  fp32 eager: {ref!r}")
     print(f"\nartifact {d}  ·  reports {d / 'bench'}  ·  total {time.perf_counter() - t0:.0f} s")
     return 0
 
 
 def _export_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
-    from gemma_edge.models import DEFAULT_PRESET
-
-    p.add_argument("model", nargs="?" if demo else None, default=DEFAULT_PRESET, help="preset name or checkpoint dir")
+    if demo:
+        p.add_argument("model", nargs="?", default=None,
+                       help="preset, checkpoint dir or GGUF (default: the registry's real Gemma 3 270M)")  # fmt: skip
+    else:
+        p.add_argument("model", help="preset name, checkpoint dir or GGUF file")
     p.add_argument("--backend", default="executorch", choices=["executorch", "onnx", "litert"])
     p.add_argument(
         "--quant",

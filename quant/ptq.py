@@ -147,8 +147,9 @@ def collect_hessians(model: nn.Module, inputs_of: dict[str, nn.Module], ids: lis
     count = dict.fromkeys(sums, 0)
 
     def add(name, x):
-        x = x.detach().reshape(-1, x.shape[-1]).double()
-        sums[name] = x.T @ x if sums[name] is None else sums[name] + x.T @ x
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        xx = (x.T @ x).double()  # fp32 products per chunk, accumulated in fp64
+        sums[name] = xx if sums[name] is None else sums[name] + xx
         count[name] += x.shape[0]
 
     handles = [m.register_forward_pre_hook(lambda mod, a, n=n: add(n, a[0])) for n, m in inputs_of.items()]

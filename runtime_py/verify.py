@@ -62,7 +62,7 @@ def _logit_metrics(art: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _eager_greedy(model: nn.Module, prompt: list[int], steps: int, max_seq_len: int) -> list[int]:
+def eager_greedy(model: nn.Module, prompt: list[int], steps: int, max_seq_len: int) -> list[int]:
     state = model.init_state(1, max_seq_len)
     logits, state = model(torch.tensor([prompt]), torch.arange(len(prompt)), state)
     out, pos = [], len(prompt)
@@ -105,7 +105,7 @@ def causal_parity(session, references: dict[str, nn.Module], tokens: list[int], 
     for name, model in references.items():
         ref = model(torch.tensor([tokens]))[0]  # (N, V)
         m = _logit_metrics(torch.cat([per_pos, pf]), torch.cat([ref, ref[ends]]))
-        ref_greedy = _eager_greedy(model, tokens[:prompt_len], steps, session.max_seq_len)
+        ref_greedy = eager_greedy(model, tokens[:prompt_len], steps, session.max_seq_len)
         m["greedy"] = _agreement(art_greedy, ref_greedy)
         m["greedy_steps"] = steps
         results[name] = m
