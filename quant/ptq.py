@@ -195,7 +195,7 @@ def _targets(model: nn.Module, recipe, table: bool) -> dict[str, nn.Module]:
 
 @torch.no_grad()
 def optimize(model: nn.Module, recipe, grid: Grid, ids: list[int], *, table: bool | None = None,
-             progress=lambda m: None) -> dict[nn.Module, torch.Tensor]:  # fmt: skip
+             progress: bool = True) -> dict[nn.Module, torch.Tensor]:  # fmt: skip
     """Choose the 4-bit codes of ``model``'s quantized weights with ``recipe.ptq`` on ``grid``,
     calibrated on ``ids``: each target's weight is replaced in place by its snapped value and its
     scales returned (module -> (N, K/group)), for the backend to store in its format. ``table``
@@ -208,13 +208,16 @@ def optimize(model: nn.Module, recipe, grid: Grid, ids: list[int], *, table: boo
     if ids:  # no calibration (encoders): the search weighs every input channel alike
         H = collect_hessians(model, inputs, ids, outputs_of={"head": model.backbone.final_norm})
         H_head = H.pop("head")
+    from tqdm import tqdm
+
     scales = {}
-    for i, (n, m) in enumerate(targets.items()):
+    bar = tqdm(targets.items(), desc=f"      {recipe.ptq}", unit="tensor", disable=not progress, leave=False)
+    for n, m in bar:
+        bar.set_postfix_str(n)
         h = H.get(n, H_head)  # the table and the head both see the final hidden states (as the head)
         if n == "backbone.embed" and "lm_head" in targets:
             h = None  # an untied table is only looked up: plain reconstruction error
         q, s = quantize_weight(m.weight, recipe.group_size, grid, recipe.ptq, h)
         m.weight.copy_(q)
         scales[m] = s
-        progress(f"{recipe.ptq} {i + 1}/{len(targets)} {n}")
     return scales
