@@ -46,7 +46,7 @@ def test_missing_directory(tmp_path):
 
 
 def test_path_is_a_file(ckpt):
-    with pytest.raises(CheckpointError, match="is not a directory"):
+    with pytest.raises(CheckpointError, match="is neither a directory nor a GGUF file"):
         models.load(ckpt / "config.json")
 
 
