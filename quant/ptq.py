@@ -27,7 +27,9 @@ from torch import nn
 
 from gemma_edge.models.errors import InputError
 
-__all__ = ["Grid", "GRIDS", "METHODS", "search_scales", "quantize_weight", "collect_hessians", "calibration_ids", "optimize"]
+__all__ = [
+    "Grid", "GRIDS", "METHODS", "search_scales", "quantize_weight", "collect_hessians", "calibration_ids", "optimize",
+]  # fmt: skip
 
 METHODS = ("rtn", "mse", "gptq")
 _RATIOS = torch.linspace(0.55, 1.0, 19)  # candidate scales as fractions of absmax / 7
