@@ -218,7 +218,7 @@ def run_verify(artifact_dir: Path, model: nn.Module, rec: Recipe, backend: str, 
     """Parity of the artifact in ``artifact_dir`` against ``model`` (fp32) and its eager quantization
     (``eager_quantized``, or quantized here from ``model``)."""
     from gemma_edge.runtime_py import load
-    from gemma_edge.runtime_py.verify import causal_parity, check, encoder_parity, thresholds_for
+    from gemma_edge.runtime_py.verify import causal_parity, check, effective_limits, encoder_parity, thresholds_for
 
     cfg = model.config
     base = rec.name.split("+")[0]
@@ -242,4 +242,7 @@ def run_verify(artifact_dir: Path, model: nn.Module, rec: Recipe, backend: str, 
             results = encoder_parity(session, refs, inputs)
             inputs = {"tokens": sum(map(len, inputs)), "source": "random ids"}
     limits = thresholds_for(base, backend, cfg.causal)
-    return {"results": results, "thresholds": limits, "missed": check(results, limits), "inputs": inputs}
+    return {
+        "results": results, "thresholds": limits, "effective_thresholds": effective_limits(results, limits),
+        "missed": check(results, limits), "inputs": inputs,
+    }  # fmt: skip

@@ -11,6 +11,7 @@ The encoder gets ``embed(tokens[1, T], attention_mask[1, T]) -> embedding[1, dim
 from __future__ import annotations
 
 import copy
+import dataclasses
 from importlib.metadata import version
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from torch import nn
 from torch.export import Dim, export
 
 from gemma_edge.export import kernels  # noqa: F401  (.out variants the emitter substitutes in fused mode)
+from gemma_edge.export.executorch_table import share_table
 from gemma_edge.models import CausalLM, Encoder, fuse_projections, untie_head, use_custom_ops
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.layers import RMSNorm
@@ -107,11 +109,20 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True,
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     _swap_norms(model)
     fuse_projections(model)  # one XNNPACK linear for q/k/v and one for gate/up
-    if recipe.embedding_bits is not None:
-        untie_head(model)
+    shared = ops == "fused" and model.config.causal and getattr(model, "lm_head", 1) is None
+    if recipe.embedding_bits is not None and not shared:
+        untie_head(model)  # stock ops: the head is an XNNPACK linear, which keeps its own copy
+    scales = {}
     if recipe.is_quantized:
-        scales = ptq.optimize(model, recipe, ptq.GRIDS["executorch"], calibration) if recipe.has_int4 else {}
-        quantize_for_executorch(model, recipe, scales)
+        grid = ptq.GRIDS["executorch"]
+        scales = ptq.optimize(model, recipe, grid, calibration) if recipe.has_int4 else {}
+        quantize_for_executorch(model, dataclasses.replace(recipe, embedding_bits=None) if shared else recipe, scales)
+    if shared:  # one stored table for the lookup and gemma_edge::table_head (export/executorch_table.py)
+        emb = model.backbone.embed
+        s = scales.get(emb)
+        if recipe.embedding_bits == 4 and s is None:
+            _, s = ptq.quantize_weight(emb.weight, recipe.group_size, grid, "rtn")
+        share_table(model, recipe.embedding_bits, recipe.group_size, s)
     if ops == "fused":
         use_custom_ops(model)
     return model
@@ -123,6 +134,12 @@ def check_supported(recipe: Recipe) -> None:
         raise ExportError(
             f"recipe {recipe.name} on executorch: fp16 weights are a LiteRT recipe here (XNNPACK's fp16 path "
             "computes in fp16 too); use fp32, 8da8w or 8da4w"
+        )
+    if recipe.weight_bits is None and recipe.embedding_bits is not None:
+        raise ExportError(
+            f"recipe {recipe.name} on executorch: with fp32 linears the untied head of a quantized table would be a "
+            "weight-only int linear, which XNNPACK mis-lowers (measured on the real Gemma 3 270M: KL 496 against "
+            "eager); use 8da4w or 8da8w with the same +emb suffix"
         )
     if recipe.weight_bits is not None and not recipe.dynamic_activations:
         raise ExportError(

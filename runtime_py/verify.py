@@ -7,6 +7,19 @@ fraction of steps before the first differing token. Encoders: cosine similarity 
 
 A quantized artifact is compared with the same model quantized in eager PyTorch (the *lowering*
 error) and with the fp32 model (the *quantization* error). THRESHOLDS is the one table of limits.
+
+The lowering limits are widened by the eager quantized model's own *noise floor* where it has one.
+A model whose activations are quantized on the fly (8da4w, 8da8w, LiteRT's dynamic int4) is
+chaotic: a rounding-level change anywhere (fp32 sums in a different order) flips some int8
+activation codes, and the flips cascade. Measured on the real Gemma 3 270M with 8da4w+emb4, a
+relative perturbation of 1e-7 (under one fp32 ulp) of every layer's input moves the eager model by
+KL 0.024-0.029 and top-1 0.91-0.93, the same at 1e-6 and 1e-5; 8da8w: KL 0.085, top-1 0.87. No
+implementation that is not bit-exact can get closer than that, and the kernels are not the issue
+(each XNNPACK linear matches torchao's eager linear to 2e-7 relative on the model's real
+activations, tests/export/test_executorch.py). So ``noise_floor`` measures that sensitivity on the
+verify tokens (``FLOOR_SEEDS`` perturbations of relative size ``FLOOR_REL``), and ``check`` lets
+the lowering KL reach ``FLOOR_FACTOR`` times the floor and top-1 fall ``FLOOR_TOP1_MARGIN`` below
+the floor's top-1. Weight-only models have a floor of ~1e-10 KL, so their limits stay as tabled.
 """
 
 from __future__ import annotations
@@ -17,7 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["THRESHOLDS", "thresholds_for", "causal_parity", "encoder_parity", "check", "ParityFailure"]
+__all__ = [
+    "THRESHOLDS", "thresholds_for", "causal_parity", "encoder_parity", "check", "effective_limits", "noise_floor",
+    "ParityFailure",
+]  # fmt: skip
 
 # (recipe base, backend) -> {comparison: {metric: limit}}; backend "*" is the default.
 # max_abs/kl are upper limits, top1/greedy/cosine lower limits. The *lowering* limits are tight: the
@@ -40,6 +56,8 @@ THRESHOLDS: dict[tuple[str, str], dict[str, dict[str, float]]] = {
     ("int4", "litert"): {"lowering": {"kl": 5e-3, "top1": 0.9}, "quantization": {"kl": 1.0}},
     ("quantized", "encoder"): {"lowering": {"cosine": 0.999}, "quantization": {"cosine": 0.8}},
 }
+FLOOR_REL, FLOOR_SEEDS = 1e-6, 2
+FLOOR_FACTOR, FLOOR_TOP1_MARGIN = 2.0, 0.05
 
 
 class ParityFailure(AssertionError):
@@ -77,6 +95,32 @@ def eager_greedy(model: nn.Module, prompt: list[int], steps: int, max_seq_len: i
     return out
 
 
+@torch.no_grad()
+def noise_floor(model: nn.Module, tokens: list[int], *, rel: float = FLOOR_REL, seeds: int = FLOOR_SEEDS) -> dict:
+    """How far ``model``'s logits on ``tokens`` move when every layer's input is scaled by
+    1 + rel * N(0, 1) per element: the largest KL and the smallest top-1 agreement over ``seeds``
+    draws (a chaotic, dynamically quantized model moves by as much as a different kernel would)."""
+    from gemma_edge.models.model import Block
+
+    ids = torch.tensor([tokens])
+    base = model(ids)[0]
+    kl, top1 = 0.0, 1.0
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(seed)
+
+        def jitter(mod, args, g=g):
+            return (args[0] * (1 + rel * torch.randn(args[0].shape, generator=g, dtype=args[0].dtype)), *args[1:])
+
+        hooks = [m.register_forward_pre_hook(jitter) for m in model.modules() if isinstance(m, Block)]
+        try:
+            m = _logit_metrics(model(ids)[0], base)
+        finally:
+            for h in hooks:
+                h.remove()
+        kl, top1 = max(kl, m["kl"]), min(top1, m["top1"])
+    return {"kl_floor": kl, "top1_floor": top1}
+
+
 def _agreement(a: list[int], b: list[int]) -> float:
     n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     return n / max(len(a), 1)
@@ -111,6 +155,8 @@ def causal_parity(session, references: dict[str, nn.Module], tokens: list[int], 
         ref_greedy = eager_greedy(model, tokens[:prompt_len], steps, session.max_seq_len)
         m["greedy"] = _agreement(art_greedy, ref_greedy)
         m["greedy_steps"] = steps
+        if name == "lowering":
+            m.update(noise_floor(model, tokens))
         results[name] = m
     return results
 
@@ -126,10 +172,24 @@ def encoder_parity(session, references: dict[str, nn.Module], inputs: list[list[
     return results
 
 
+def effective_limits(results: dict[str, dict[str, float]], limits: dict[str, dict[str, float]]) -> dict:
+    """``limits`` with the lowering KL and top-1 limits widened to the measured noise floor."""
+    out = {c: dict(lims) for c, lims in limits.items()}
+    got = results.get("lowering", {})
+    lims = out.get("lowering")
+    if lims is not None and "kl_floor" in got:
+        if "kl" in lims:
+            lims["kl"] = max(lims["kl"], FLOOR_FACTOR * got["kl_floor"])
+        if "top1" in lims:
+            lims["top1"] = min(lims["top1"], got["top1_floor"] - FLOOR_TOP1_MARGIN)
+    return out
+
+
 def check(results: dict[str, dict[str, float]], limits: dict[str, dict[str, float]]) -> list[str]:
-    """Human-readable list of missed thresholds (empty when parity holds)."""
+    """Human-readable list of missed thresholds (empty when parity holds), after widening the
+    lowering limits to the noise floor (``effective_limits``)."""
     missed = []
-    for comparison, lims in limits.items():
+    for comparison, lims in effective_limits(results, limits).items():
         got = results.get(comparison, {})
         for metric, limit in lims.items():
             v = got.get(metric, math.nan)

@@ -4,10 +4,15 @@
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cinttypes>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -246,6 +251,173 @@ void rg_lru_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gxw, c
   }
 }
 
+
+// ---- table_head: logits from the (tied) embedding table, read where the lookup reads it --------
+namespace {
+
+// IEEE half -> float for a finite or subnormal value (scales are never inf/NaN: export refuses those).
+inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      uint32_t m = man;
+      do { ++e; m <<= 1; } while ((m & 0x400u) == 0);
+      bits = sign | ((127 - 15 - e) << 23) | ((m & 0x3ffu) << 13);
+    }
+  } else {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+#endif
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+// One output: sum_g scale[g] * sum_{i in g} (code_i - 8) * x_i over a row of packed 4-bit codes
+// (byte j: code 2j in the high nibble, code 2j+1 in the low one, each + 8). xsum[g] = sum of x in g.
+inline float row_dot_q4(const uint8_t* w, const uint16_t* sc, const float* x, const float* xsum, int64_t G,
+                        int64_t gs) {
+  float corr = 0.f;
+#if defined(__AVX2__) && defined(__FMA__)
+  if (gs % 32 == 0) {
+    const __m128i m0f = _mm_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+      const float s = half_to_float(sc[g]);
+      corr += s * xsum[g];
+      __m256 dg = _mm256_setzero_ps();
+      for (int64_t i = 0; i < gs; i += 32) {
+        const uint8_t* p = w + (g * gs + i) / 2;
+        const float* xp = x + g * gs + i;
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), m0f);
+        const __m128i lo = _mm_and_si128(b, m0f);
+        const __m128i e0 = _mm_unpacklo_epi8(hi, lo), e1 = _mm_unpackhi_epi8(hi, lo);  // codes 0..15, 16..31
+        dg = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(e0)), _mm256_loadu_ps(xp), dg);
+        dg = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(e0, 8))), _mm256_loadu_ps(xp + 8), dg);
+        dg = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(e1)), _mm256_loadu_ps(xp + 16), dg);
+        dg = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(e1, 8))), _mm256_loadu_ps(xp + 24), dg);
+      }
+      acc = _mm256_fmadd_ps(dg, _mm256_set1_ps(s), acc);
+    }
+    return hsum(acc) - 8.f * corr;
+  }
+#endif
+  float acc = 0.f;
+  for (int64_t g = 0; g < G; ++g) {
+    const float s = half_to_float(sc[g]);
+    float d = 0.f;
+    for (int64_t i = 0; i < gs; i += 2) {
+      const uint8_t b = w[(g * gs + i) / 2];
+      d += static_cast<float>(b >> 4) * x[g * gs + i] + static_cast<float>(b & 0x0f) * x[g * gs + i + 1];
+    }
+    acc += s * d;
+    corr += s * xsum[g];
+  }
+  return acc - 8.f * corr;
+}
+
+// int8 codes, one half scale per group.
+inline float row_dot_q8(const int8_t* w, const uint16_t* sc, const float* x, int64_t G, int64_t gs) {
+  float acc = 0.f;
+  for (int64_t g = 0; g < G; ++g) {
+    const float s = half_to_float(sc[g]);
+    const int8_t* wg = w + g * gs;
+    const float* xg = x + g * gs;
+    float d = 0.f;
+#pragma omp simd reduction(+ : d)
+    for (int64_t i = 0; i < gs; ++i) d += static_cast<float>(wg[i]) * xg[i];
+    acc += s * d;
+  }
+  return acc;
+}
+
+inline float row_dot_f32(const float* w, const float* x, int64_t K) {
+  float d = 0.f;
+#pragma omp simd reduction(+ : d)
+  for (int64_t i = 0; i < K; ++i) d += w[i] * x[i];
+  return d;
+}
+
+}  // namespace
+
+// x (..., K) fp32; weight: bits 4 -> uint8 (N, K/2) packed as quantized_decomposed::embedding_4bit
+// reads it, bits 8 -> int8 (N, K), bits 32 -> fp32 (N, K); scales: half (N, G) for bits 4/8
+// (ignored for 32) -> out (..., N) = x @ dequantized(weight)^T.
+Tensor& table_head_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& scales,
+                       int64_t bits, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float && x.dim() >= 1 && weight.dim() == 2,
+                      InvalidArgument, out, "gemma_edge::table_head: fp32 x (..., K) and a 2-D weight expected");
+  const int64_t K = x.size(x.dim() - 1), N = weight.size(0);
+  const bool q = bits == 4 || bits == 8;
+  ET_KERNEL_CHECK_MSG(ctx, bits == 4 || bits == 8 || bits == 32, InvalidArgument, out,
+                      "gemma_edge::table_head: bits must be 4, 8 or 32, got %" PRId64, bits);
+  ET_KERNEL_CHECK_MSG(ctx, weight.size(1) * (bits == 4 ? 2 : 1) == K, InvalidArgument, out,
+                      "gemma_edge::table_head: weight has %" PRId64 " columns for K = %" PRId64 " at %" PRId64 " bits",
+                      static_cast<int64_t>(weight.size(1)), K, bits);
+  ET_KERNEL_CHECK_MSG(ctx, weight.scalar_type() == (bits == 4 ? ScalarType::Byte : bits == 8 ? ScalarType::Char
+                                                                                                : ScalarType::Float),
+                      InvalidArgument, out, "gemma_edge::table_head: weight dtype does not match bits");
+  int64_t G = 1;
+  if (q) {
+    ET_KERNEL_CHECK_MSG(ctx, scales.scalar_type() == ScalarType::Half && scales.dim() == 2 && scales.size(0) == N &&
+                                 scales.size(1) > 0 && K % scales.size(1) == 0, InvalidArgument, out,
+                        "gemma_edge::table_head: half scales (N, G) with G dividing K expected");
+    G = scales.size(1);
+  }
+  const int64_t gs = K / G;
+  ET_KERNEL_CHECK_MSG(ctx, bits != 4 || gs % 2 == 0, InvalidArgument, out,
+                      "gemma_edge::table_head: 4-bit groups must be even");
+  executorch::aten::SizesType sizes[executorch::runtime::kTensorDimensionLimit];
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = x.size(d);
+  sizes[x.dim() - 1] = static_cast<executorch::aten::SizesType>(N);
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(out, {sizes, static_cast<size_t>(x.dim())}) == Error::Ok,
+                  InvalidArgument, out);
+  const int64_t M = x.numel() / K;
+  const float* xd = x.const_data_ptr<float>();
+  float* od = out.mutable_data_ptr<float>();
+  const uint16_t* sd = q ? static_cast<const uint16_t*>(scales.const_data_ptr()) : nullptr;
+  std::vector<float> xsum(M * G, 0.f);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t i = 0; i < gs; ++i) xsum[m * G + g] += xd[m * K + g * gs + i];
+  const void* wd = weight.const_data_ptr();
+  // Rows in blocks (each block reads its slice of the table once for every x row).
+  executorch::extension::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xm = xd + m * K;
+        float v;
+        if (bits == 4) {
+          v = row_dot_q4(static_cast<const uint8_t*>(wd) + n * (K / 2), sd + n * G, xm, xsum.data() + m * G, G, gs);
+        } else if (bits == 8) {
+          v = row_dot_q8(static_cast<const int8_t*>(wd) + n * K, sd + n * G, xm, G, gs);
+        } else {
+          v = row_dot_f32(static_cast<const float*>(wd) + n * K, xm, K);
+        }
+        od[m * N + n] = v;
+      }
+    }
+  });
+  return out;
+}
+
 namespace {
 
 // rg_lru.out returns two tensors, which the unboxed registration macro cannot express. The boxed
@@ -278,3 +450,4 @@ const auto ring_attention_registration = executorch::runtime::register_kernel(
 }  // namespace gemma_edge
 
 EXECUTORCH_LIBRARY(gemma_edge, "sliding_window_attention.out", gemma_edge::sliding_window_attention_out);
+EXECUTORCH_LIBRARY(gemma_edge, "table_head.out", gemma_edge::table_head_out);

@@ -117,3 +117,35 @@ def test_missing_kernel_library_is_a_clear_error(artifact, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode != 0
     assert f"GEMMA_EDGE_EXECUTORCH_KERNELS points at {tmp_path / 'absent.so'}, which does not exist" in r.stderr
+
+
+class _Head(torch.nn.Module):
+    def __init__(self, weight, scales, bits):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("scales", scales)
+        self.bits = bits
+
+    def forward(self, x):
+        return torch.ops.gemma_edge.table_head(x, self.weight, self.scales, self.bits)
+
+
+@pytest.mark.parametrize("bits, K, group", [(4, 96, 32), (4, 48, 16), (8, 64, 64), (32, 40, 40)])
+def test_table_head_kernel_matches_dequantized_matmul(tmp_path, bits, K, group):
+    """gemma_edge::table_head (the SIMD path at groups of 32, the portable one otherwise) computes
+    x @ dequantized(table)^T, the table stored as ExecuTorch's quantized embedding kernels read it."""
+    from gemma_edge.export.executorch_table import dequantize, pack_table
+
+    N = 300
+    w = torch.randn(N, K, generator=G) * torch.rand(N, 1, generator=G)
+    w[7] = 0.0  # an all-zero row
+    weight, scales = (w, torch.zeros(0, dtype=torch.float16)) if bits == 32 else pack_table(w, bits, group)
+    table = dequantize(weight, scales, bits)
+    if bits != 32:  # the stored table is the fp32 one within a quantization step
+        assert (table - w).abs().max() <= scales.float().max() * (0.5 if bits == 8 else 1.0) + 1e-6
+    cases = [(torch.randn(1, K, generator=G) * 30,), (torch.randn(3, K, generator=G),)]
+    outs = _run_pte(_Head(weight, scales, bits), cases[1], ({0: Dim("M", min=1, max=8)},), tmp_path, cases)
+    for (x,), out in zip(cases, outs):
+        ref = x.double() @ table.double().T
+        assert out[0].shape == (x.shape[0], N)
+        assert (out[0].double() - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())

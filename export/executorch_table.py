@@ -1,0 +1,150 @@
+"""The tied embedding table stored once in a .pte: one constant read by the lookup and by the head.
+
+XNNPACK packs every linear weight it delegates into its own blob, so a tied head handed to it
+stores the table a second time (the lookup cannot read XNNPACK's copy). In fused mode the head is
+instead ``gemma_edge::table_head``, a kernel of ours (export/kernels) that reads the very tensors
+the lookup reads:
+
+- ``+emb4``: codes -8..7 packed two per byte as ``quantized_decomposed::embedding_4bit`` takes them
+  (byte j of a row: code 2j + 8 in the high nibble, code 2j+1 + 8 in the low one), fp16 scales per
+  group of ``recipe.group_size``;
+- ``+emb8``: int8 codes, one fp16 scale per row (``quantized_decomposed::embedding_byte``);
+- no table quantization: the fp32 table itself (``aten.embedding``).
+
+The head computes ``x @ dequantized(table)^T`` in fp32 (codes times their fp16 scale, exact in
+fp32); the eager modules here compute the same from a cached dequantized copy, so the eager
+reference is the kernel's arithmetic up to summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["dequantize", "pack_table", "TableLookup", "TableHead", "share_table"]
+
+def dequantize(weight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
+    """(N, K) fp32 values of a stored table: ``code * float(scale)`` per group, or the fp32 table."""
+    if bits == 32:
+        return weight
+    if bits == 4:
+        codes = torch.stack(((weight >> 4).to(torch.int16), (weight & 15).to(torch.int16)), -1).flatten(1) - 8
+    else:
+        codes = weight.to(torch.int16)
+    gs = codes.shape[1] // scales.shape[1]
+    return (codes.float().view(codes.shape[0], -1, gs) * scales.float()[..., None]).flatten(1)
+
+
+@torch.library.custom_op("gemma_edge::table_head", mutates_args=())
+def table_head(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
+    return F.linear(x, dequantize(weight, scales, bits))
+
+
+@table_head.register_fake
+def _(x, weight, scales, bits):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+_lib = torch.library.Library("gemma_edge", "FRAGMENT")
+_lib.define("table_head.out(Tensor x, Tensor weight, Tensor scales, SymInt bits, *, Tensor(a!) out) -> Tensor(a!)")
+
+
+def _table_head_out(x, weight, scales, bits, *, out):
+    res = torch.ops.gemma_edge.table_head(x, weight, scales, bits)
+    out.resize_(res.shape).copy_(res)
+    return out
+
+
+for _key in ("CompositeExplicitAutograd", "Meta"):
+    _lib.impl("table_head.out", _table_head_out, _key)
+
+
+def pack_table(w: torch.Tensor, bits: int, group_size: int, scales: torch.Tensor | None = None):
+    """(weight, fp16 scales) of the stored table for fp32 values ``w`` (N, K). ``scales`` (N, K/group)
+    are the 4-bit scales chosen by quant/ptq.py (``w`` then lies on their grid); without them,
+    round to nearest with absmax / 7.5 (4-bit, torchao's rule) or absmax / 127 (8-bit, per row)."""
+    w = w.detach().float()
+    N, K = w.shape
+    if bits == 4:
+        g = w.view(N, K // group_size, group_size)
+        s = scales if scales is not None else g.abs().amax(-1) / 7.5
+    else:
+        g = w.view(N, 1, K)
+        s = g.abs().amax(-1) / 127
+    s16 = s.to(torch.float16)
+    s16 = torch.where(s16 == 0, torch.ones_like(s16), s16)  # an all-zero group: codes 0 with any scale
+    lo, hi = (-8, 7) if bits == 4 else (-128, 127)
+    codes = torch.round(g / s16.float()[..., None]).clamp(lo, hi).to(torch.int16).view(N, K)
+    if bits == 8:
+        return codes.to(torch.int8), s16
+    u = (codes + 8).to(torch.uint8)
+    return (u[:, 0::2] << 4) | u[:, 1::2], s16
+
+
+class _Table(nn.Module):
+    """The stored table: ``weight`` and ``scales`` buffers (or the fp32 table's parameter)."""
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor | None, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+        if bits == 32:
+            self.weight = weight  # the embedding's own parameter
+            self.register_buffer("scales", torch.zeros(0, dtype=torch.float16))
+        else:
+            self.register_buffer("weight", weight)
+            self.register_buffer("scales", scales)
+        self._values = None
+
+    def values(self) -> torch.Tensor:
+        if self._values is None:
+            self._values = dequantize(self.weight, self.scales, self.bits)
+        return self._values
+
+
+class TableLookup(nn.Module):
+    """The embedding lookup reading the stored table (ExecuTorch's quantized embedding kernels)."""
+
+    def __init__(self, table: _Table) -> None:
+        super().__init__()
+        self.table = table
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = self.table
+        if not torch.compiler.is_exporting():
+            return F.embedding(tokens, t.values())
+        if t.bits == 4:
+            return torch.ops.quantized_decomposed.embedding_4bit.dtype(
+                t.weight, t.scales, None, -8, 7, tokens, dtype=torch.float32
+            )
+        return torch.ops.quantized_decomposed.embedding_byte.dtype(
+            t.weight, t.scales, None, -128, 127, tokens, dtype=torch.float32
+        )
+
+
+class TableHead(nn.Module):
+    """The output head over the same stored table (``gemma_edge::table_head``)."""
+
+    def __init__(self, table: _Table) -> None:
+        super().__init__()
+        self.table = table
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        t = self.table
+        if not torch.compiler.is_exporting():
+            return F.linear(h, t.values())
+        return torch.ops.gemma_edge.table_head(h, t.weight, t.scales, t.bits)
+
+
+def share_table(model: nn.Module, bits: int | None, group_size: int, scales: torch.Tensor | None = None) -> None:
+    """Make a tied causal LM's lookup (if ``bits``) and head read one stored table, in place."""
+    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401  (quantized_decomposed ops)
+
+    emb = model.backbone.embed
+    if bits is None:
+        table = _Table(emb.weight, None, 32)
+    else:
+        w, s = pack_table(emb.weight, bits, group_size, scales)
+        table = _Table(w, s, bits)
+        model.backbone.embed = TableLookup(table)
+    model.lm_head = TableHead(table)
