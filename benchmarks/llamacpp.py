@@ -60,8 +60,15 @@ def log(msg: str) -> None:
 
 def sh(cmd: list, **kw) -> str:
     """Run ``cmd``; its stdout and stderr together, or exit with their tail."""
-    r = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       encoding="utf-8", errors="replace", **kw)
+    r = subprocess.run(
+        [str(c) for c in cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        **kw,
+    )
     if r.returncode:
         sys.exit(f"{shlex.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout[-3000:]}")
     return r.stdout
@@ -77,9 +84,20 @@ def build(root: Path) -> tuple[Path, Path, dict]:
     """llama.cpp's source tree, its bin/ and the build's record (built once, then cached)."""
     sdist, bins, record = root / f"llama_cpp_python-{VERSION}", root / "build" / "bin", root / "build.json"
     src, cmake = sdist / "vendor" / "llama.cpp", Path(sys.executable).parent / "cmake"  # the venv's (>= 3.28)
-    configure = [cmake, "-S", src, "-B", root / "build", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-                 "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                 "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
+    configure = [
+        cmake,
+        "-S",
+        src,
+        "-B",
+        root / "build",
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_OPENSSL=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_SERVER=OFF",
+    ]
     if platform.machine().lower() in ("x86_64", "amd64"):
         # No AMX: GCC 12's _tile_loadconfig tells the compiler it reads 8 bytes of the 64-byte tile config,
         # so the stores filling it in can be dropped; ggml's AMX matmul (Q8_0, Q4_0, Q4_K on an AMX CPU
@@ -96,8 +114,21 @@ def build(root: Path) -> tuple[Path, Path, dict]:
     if not src.is_dir():
         log(f"downloading llama-cpp-python=={VERSION} (sdist)…")
         with tempfile.TemporaryDirectory(dir=root) as td:
-            sh([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                f"llama-cpp-python=={VERSION}", "-d", td])
+            sh(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    f"llama-cpp-python=={VERSION}",
+                    "-d",
+                    td,
+                ]
+            )
             with tarfile.open(next(Path(td).glob("*.tar.gz"))) as tar:
                 tar.extractall(td, filter="data")
             os.replace(Path(td) / sdist.name, sdist)
@@ -120,15 +151,16 @@ def write_hf_checkpoint(gguf_path: Path, out: Path) -> None:
 
     kw = {"gguf_file": gguf_path.name}
     # dequantize=True gives a plain dense model; without it save_pretrained refuses (GGUF "is not serializable").
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32,
-                                                 quantization_config=GgufConfig(dequantize=True), **kw)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True), **kw
+    )
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(gguf_path.parent, **kw).save_pretrained(out)
     # transformers saves only tokenizer.json, with which convert_hf_to_gguf.py takes its BPE path (tokenizer
     # "gpt2", a guessed pre-tokenizer): not Gemma's tokenizer. Give it the SentencePiece tokenizer.model
     # it expects, rebuilt from the GGUF's vocabulary, and its user-defined tokens as added_tokens.json.
     fields = GGUFReader(gguf_path).fields
-    tok = {k[len("tokenizer.ggml."):]: f.contents() for k, f in fields.items() if k.startswith("tokenizer.ggml.")}
+    tok = {k[len("tokenizer.ggml.") :]: f.contents() for k, f in fields.items() if k.startswith("tokenizer.ggml.")}
     m = spm.ModelProto()
     m.trainer_spec.model_type, m.trainer_spec.vocab_size = spm.TrainerSpec.BPE, len(tok["tokens"])
     m.trainer_spec.byte_fallback = True
@@ -159,8 +191,10 @@ def make_ggufs(src: Path, bins: Path, root: Path, original: Path, threads: int) 
     f32 = d / "gemma-3-270m-f32.gguf"
     gguf_py = os.pathsep.join(filter(None, [str(src / "gguf-py"), os.environ.get("PYTHONPATH")]))  # its own gguf
     convert = [sys.executable, src / "convert_hf_to_gguf.py", "HF_DIR", "--outtype", "f32", "--outfile", f32]
-    out["F32"] = {"path": f32, "commands": ["write_hf_checkpoint(fixture, HF_DIR)",
-                                            f"PYTHONPATH={gguf_py} {shlex.join(map(str, convert))}"]}
+    out["F32"] = {
+        "path": f32,
+        "commands": ["write_hf_checkpoint(fixture, HF_DIR)", f"PYTHONPATH={gguf_py} {shlex.join(map(str, convert))}"],
+    }
     if not f32.is_file():
         log("converting the Q4_K_M GGUF to F32 (transformers -> HF checkpoint -> convert_hf_to_gguf.py)…")
         t0 = time.perf_counter()
@@ -214,30 +248,44 @@ def llamacpp_results(chunks: int = 8, ctx: int = 512, threads: int = 2) -> dict:
             row["commands"] = [*g["commands"], cmd]
             if name != "F32":
                 log(f"KL divergence {name} vs F32…")
-                out, row["kld_wall_s"], cmd = timed([*ppl[:1], "-m", g["path"], *ppl[1:], "--kl-divergence-base",
-                                                     base, "--kl-divergence"])
+                out, row["kld_wall_s"], cmd = timed(
+                    [*ppl[:1], "-m", g["path"], *ppl[1:], "--kl-divergence-base", base, "--kl-divergence"]
+                )
                 row["kl_mean"], row["kl_err"] = grab(r"Mean\s+KLD:\s+([-\d.]+)\s*±\s*([\d.]+)", out, "mean KLD")
                 top1, err = grab(r"Same top p:\s+([\d.]+)\s*±\s*([\d.]+)\s*%", out, "Same top p")
                 row["top1"], row["top1_err"] = round(top1 / 100, 6), round(err / 100, 6)
                 row["commands"].append(cmd)
             if "make_wall_s" in g:  # conversion or quantization, this run (absent when cached)
                 row["make_wall_s"] = g["make_wall_s"]
-    return {"model": "google/gemma-3-270m (base), weights of the Q4_K_M GGUF fixture", "text": str(text),
-            "llama_cpp": f"llama-cpp-python=={VERSION} vendor/llama.cpp, {built['version']}", "build": built,
-            "n_params": N_PARAMS, "chunks": chunks, "ctx": ctx, "threads": threads,
-            "bpw_note": "8 * file bytes / n_params, GGUF metadata included", "top1_note": "fraction of tokens",
-            "formats": rows}
+    return {
+        "model": "google/gemma-3-270m (base), weights of the Q4_K_M GGUF fixture",
+        "text": str(text),
+        "llama_cpp": f"llama-cpp-python=={VERSION} vendor/llama.cpp, {built['version']}",
+        "build": built,
+        "n_params": N_PARAMS,
+        "chunks": chunks,
+        "ctx": ctx,
+        "threads": threads,
+        "bpw_note": "8 * file bytes / n_params, GGUF metadata included",
+        "top1_note": "fraction of tokens",
+        "formats": rows,
+    }
 
 
 def markdown(res: dict) -> str:
-    lines = [f"llama.cpp perplexity, {Path(res['text']).name}, {res['chunks']} x {res['ctx']} tokens "
-             f"({res['llama_cpp']})", "",
-             "| format | file MiB | bits/weight | PPL | KL vs F32 | top-1 vs F32 |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"llama.cpp perplexity, {Path(res['text']).name}, {res['chunks']} x {res['ctx']} tokens ({res['llama_cpp']})",
+        "",
+        "| format | file MiB | bits/weight | PPL | KL vs F32 | top-1 vs F32 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, r in res["formats"].items():
         kl = "—" if r["kl_mean"] is None else f"{r['kl_mean']:.4f}"
         top1 = "—" if r["top1"] is None else f"{100 * r['top1']:.2f} %"
-        lines.append(f"| {name} | {r['file_bytes'] / 2**20:.1f} | {r['bpw']:.2f} | {r['ppl']:.2f} ± {r['ppl_err']:.2f} "
-                     f"| {kl} | {top1} |")
+        lines.append(
+            f"| {name} | {r['file_bytes'] / 2**20:.1f} | {r['bpw']:.2f} | {r['ppl']:.2f} ± {r['ppl_err']:.2f} "
+            f"| {kl} | {top1} |"
+        )
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 __all__ = ["dequantize", "pack_table", "TableLookup", "TableHead", "share_table"]
 
+
 def dequantize(weight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
     """(N, K) fp32 values of a stored table: ``code * float(scale)`` per group, or the fp32 table."""
     if bits == 32:

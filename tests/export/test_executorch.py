@@ -218,8 +218,9 @@ def test_xnnpack_8da4w_linear_is_the_eager_linear_on_real_activations(tmp_path):
             return self.lin(v)
 
     ep = torch.export.export(One(), (x[:, :2],), dynamic_shapes=({1: Dim("T", min=1, max=32)},), strict=False)
-    et = to_edge_transform_and_lower({"forward": ep}, partitioner=eb._partitioners(rec),
-                                     compile_config=EdgeCompileConfig(_check_ir_validity=False)).to_executorch()  # fmt: skip
+    cc = EdgeCompileConfig(_check_ir_validity=False)
+    edge = to_edge_transform_and_lower({"forward": ep}, partitioner=eb._partitioners(rec), compile_config=cc)
+    et = edge.to_executorch()
     method = Runtime.get().load_program(et.buffer).load_method("forward")
     with torch.no_grad():
         ref = lin(x)
