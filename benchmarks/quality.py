@@ -104,6 +104,7 @@ def markdown(res: dict) -> str:
     lc = res.get("llamacpp")
     if lc:
         f32 = lc["formats"]["F32"]["ppl"]
+        lines[0] += f"; llama.cpp rows: {res.get('llamacpp_run')}"
         for name, r in lc["formats"].items():
             kl = "—" if r["kl_mean"] is None else f"{r['kl_mean']:.4f}"
             top1 = "—" if r["top1"] is None else f"{r['top1']:.3f}"
@@ -166,8 +167,11 @@ def main() -> None:
     res = {"model": "google/gemma-3-270m (base), weights of the Q4_K_M GGUF fixture", "text": str(text),
            "chunks": 8, "ctx": 512, "threads": a.threads, "n_params": N_PARAMS,
            "rows": dict(old.get("rows", {})) if (a.resume or a.only) else {}}  # fmt: skip
+    lc_file = HERE / "results" / "llamacpp_gemma3-270m.json"
     if a.no_llamacpp and "llamacpp" in old:
-        res["llamacpp"] = old["llamacpp"]
+        res["llamacpp"], res["llamacpp_run"] = old["llamacpp"], old.get("llamacpp_run")
+    elif a.no_llamacpp and lc_file.exists():  # not this run: say so in the results
+        res["llamacpp"], res["llamacpp_run"] = json.loads(lc_file.read_text()), f"earlier run ({lc_file.name})"
     todo = [(b, r, g) for b, rs in COMBOS.items() for r, g in rs]
     if a.only:
         want = set(a.only.split(","))
@@ -193,7 +197,7 @@ def main() -> None:
         from llamacpp import llamacpp_results
 
         print("llama.cpp (same run) …", file=sys.stderr, flush=True)
-        res["llamacpp"] = llamacpp_results(8, 512, a.threads)
+        res["llamacpp"], res["llamacpp_run"] = llamacpp_results(8, 512, a.threads), "this run"
     OUT.with_suffix(".json").write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
     OUT.with_suffix(".md").write_text(markdown(res))
     plot(res, OUT.with_suffix(".png"))
