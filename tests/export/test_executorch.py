@@ -160,7 +160,7 @@ def test_session_releases_the_mapped_pte_and_still_runs(artifact):
     assert s.generate([2, 17, 33], max_new_tokens=8, stop_tokens=[]) == before
 
 
-@pytest.mark.parametrize("recipe", ["8da4w", "8da4w+emb4"])
+@pytest.mark.parametrize("recipe", ["8da4w+emb4", pytest.param("8da4w", marks=pytest.mark.slow)])
 def test_fused_pte_stores_the_tied_table_once(tmp_path, recipe):
     """In fused mode the lookup and gemma_edge::table_head read one stored table; with stock ops
     XNNPACK keeps its own packed copy of the delegated head, so the portable .pte holds it twice."""
