@@ -112,14 +112,15 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True,
     shared = ops == "fused" and model.config.causal and getattr(model, "lm_head", 1) is None
     if recipe.embedding_bits is not None and not shared:
         untie_head(model)  # stock ops: the head is an XNNPACK linear, which keeps its own copy
-    scales = {}
+    table_scales = None
     if recipe.is_quantized:
         grid = ptq.GRIDS["executorch"]
         scales = ptq.optimize(model, recipe, grid, calibration) if recipe.has_int4 else {}
+        table_scales = scales.pop(model.backbone.embed, None) if shared else None  # the table is ours, not torchao's
         quantize_for_executorch(model, dataclasses.replace(recipe, embedding_bits=None) if shared else recipe, scales)
     if shared:  # one stored table for the lookup and gemma_edge::table_head (export/executorch_table.py)
         emb = model.backbone.embed
-        s = scales.get(emb)
+        s = table_scales
         if recipe.embedding_bits == 4 and s is None:
             _, s = ptq.quantize_weight(emb.weight, recipe.group_size, grid, "rtn")
         share_table(model, recipe.embedding_bits, recipe.group_size, s)

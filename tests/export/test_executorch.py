@@ -172,8 +172,7 @@ def test_fused_pte_stores_the_tied_table_once(tmp_path, recipe):
     model = models.build(cfg, seed=0)
     size = {}
     for ops in ("portable", "fused"):
-        d = export(model, "executorch", recipe, 32, ops, tmp_path / ops, verify=False, progress=lambda m: None,
-                   ptq="rtn")  # fmt: skip
+        d = export(model, "executorch", recipe, 32, ops, tmp_path / ops, verify=False, progress=lambda m: None)
         size[ops] = (d / "model.pte").stat().st_size
     table = cfg.vocab_size * cfg.d_model * (4 if recipe == "8da4w" else 0.5 + 2 / 32)  # fp32, or 4-bit + fp16 scales
     assert table < size["fused"] < size["portable"] - 0.8 * table, (size, table)
