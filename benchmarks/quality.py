@@ -123,9 +123,11 @@ def plot(res: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     marks = {"onnx": "o", "executorch": "s", "litert": "^"}
+    colors = {"onnx": "tab:blue", "executorch": "tab:green", "litert": "tab:orange"}
     for r in res["rows"].values():
         if "ppl" in r and r["bpw"] < 12:
-            ax.scatter(r["bpw"], r["ppl_ratio"], marker=marks[r["backend"]], label=r["backend"])
+            ax.scatter(r["bpw"], r["ppl_ratio"], marker=marks[r["backend"]], color=colors[r["backend"]],
+                       label=r["backend"])  # fmt: skip
             ax.annotate(
                 r["recipe"] + (f" g{r['group_size']}" if r["group_size"] != 32 else ""),
                 (r["bpw"], r["ppl_ratio"]),
