@@ -42,8 +42,8 @@ __all__ = [
 # The 4-bit ones are calibrated on the real Gemma 3 270M with its tokenizer on runtime_py/verify_text.txt
 # (160 tokens), measured 2026-12-02 with GPTQ codes: ONNX int4+emb4 0.614 (lowering 8.6e-12),
 # ExecuTorch 8da4w+emb4 0.623 portable / 0.554 fused (lowering 0.029 / 0.040, within 2x the
-# measured noise floor of 0.0375: see the module docstring); the limit is 1.0, about 1.6x those. Random-init models quantize differently (the tiny random encoder,
-# 8da4w: cosine 0.89).
+# measured noise floor of 0.0375: see the module docstring); the limit is 1.0, about 1.6x those.
+# Random-init models quantize differently (the tiny random encoder, 8da4w: cosine 0.89).
 THRESHOLDS: dict[tuple[str, str], dict[str, dict[str, float]]] = {
     ("fp32", "*"): {"reference": {"max_abs": 1e-3, "top1": 1.0, "greedy": 1.0}},
     ("fp32", "encoder"): {"reference": {"cosine": 0.9999}},
