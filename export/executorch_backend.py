@@ -114,16 +114,11 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True,
         untie_head(model)  # stock ops: the head is an XNNPACK linear, which keeps its own copy
     table_scales = None
     if recipe.is_quantized:
-        grid = ptq.GRIDS["executorch"]
-        scales = ptq.optimize(model, recipe, grid, calibration) if recipe.has_int4 else {}
+        scales = ptq.optimize(model, recipe, ptq.GRIDS["executorch"], calibration) if recipe.has_int4 else {}
         table_scales = scales.pop(model.backbone.embed, None) if shared else None  # the table is ours, not torchao's
         quantize_for_executorch(model, dataclasses.replace(recipe, embedding_bits=None) if shared else recipe, scales)
     if shared:  # one stored table for the lookup and gemma_edge::table_head (export/executorch_table.py)
-        emb = model.backbone.embed
-        s = table_scales
-        if recipe.embedding_bits == 4 and s is None:
-            _, s = ptq.quantize_weight(emb.weight, recipe.group_size, grid, "rtn")
-        share_table(model, recipe.embedding_bits, recipe.group_size, s)
+        share_table(model, recipe.embedding_bits, recipe.group_size, table_scales)
     if ops == "fused":
         use_custom_ops(model)
     return model

@@ -63,13 +63,17 @@ for _key in ("CompositeExplicitAutograd", "Meta"):
 
 def pack_table(w: torch.Tensor, bits: int, group_size: int, scales: torch.Tensor | None = None):
     """(weight, fp16 scales) of the stored table for fp32 values ``w`` (N, K). ``scales`` (N, K/group)
-    are the 4-bit scales chosen by quant/ptq.py (``w`` then lies on their grid); without them,
-    round to nearest with absmax / 7.5 (4-bit, torchao's rule) or absmax / 127 (8-bit, per row)."""
+    are the 4-bit scales chosen by quant/ptq.py (``w`` then lies on their grid); without them, its
+    round-to-nearest on XNNPACK's grid (4-bit) or absmax / 127 per row (8-bit)."""
     w = w.detach().float()
     N, K = w.shape
     if bits == 4:
+        if scales is None:
+            from gemma_edge.quant import ptq
+
+            w, scales = ptq.quantize_weight(w, group_size, ptq.GRIDS["executorch"], "rtn")
         g = w.view(N, K // group_size, group_size)
-        s = scales if scales is not None else g.abs().amax(-1) / 7.5
+        s = scales
     else:
         g = w.view(N, 1, K)
         s = g.abs().amax(-1) / 127
