@@ -123,8 +123,8 @@ def prepare(model: nn.Module, recipe: Recipe, ops_mode: str, copy_model: bool = 
     """A private copy (unless ``copy_model`` is False), with our ops as named composites if fused.
     Quantization happens on the flatbuffer after conversion (``lower``); for 4-bit recipes the
     weights (the table included, which ai-edge-quantizer also quantizes) are first snapped to codes
-    chosen by ``recipe.ptq`` on ai-edge-quantizer's grid (-7..7, scale = block max / 7, bf16), so that
-    its round-to-nearest recovers exactly those codes."""
+    chosen by ``recipe.ptq`` on LiteRT's blockwise grid (-8..7, bf16 scales), which ai-edge-quantizer
+    then reads back exactly (_int4_recipe)."""
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     if recipe.weight_bits == 4:
         ptq.optimize(model, recipe, ptq.GRIDS["litert"], calibration, table=True)
@@ -240,8 +240,7 @@ def _quantize(path: Path, recipe: Recipe) -> dict:
             mgr.add_dynamic_config(regex=".*", operation_name=op, num_bits=8)
         rp = mgr.get_quantization_recipe()
     elif base in ("int4", "8da4w"):
-        gran = {32: aeq.QuantGranularity.BLOCKWISE_32, 128: aeq.QuantGranularity.BLOCKWISE_128}[recipe.group_size]
-        rp = aeq._dynamic_wix_afp32(num_bits=4, granularity=gran)
+        rp = _int4_recipe(recipe)
     else:
         raise ExportError(f"recipe {recipe.name} has no LiteRT realisation")
     q = quantizer.Quantizer(str(path))
@@ -249,6 +248,23 @@ def _quantize(path: Path, recipe: Recipe) -> dict:
     result = q.quantize()
     path.write_bytes(bytes(result.quantized_model))
     return {"tool": "ai-edge-quantizer", "scheme": QUANT[base], "block_size": recipe.group_size or None}
+
+
+def _int4_recipe(recipe: Recipe):
+    """Blockwise int4 for every op ai-edge-quantizer supports; with a PTQ method, the linears and the
+    table keep the codes and scales prepare() snapped them to (read back by its
+    dequantized_weight_recovery, which needs a unit step in every block: ptq.GRIDS["litert"])."""
+    from ai_edge_quantizer import algorithm_manager, recipe_manager
+    from ai_edge_quantizer import recipe as aeq
+
+    gran = {32: aeq.QuantGranularity.BLOCKWISE_32, 128: aeq.QuantGranularity.BLOCKWISE_128}[recipe.group_size]
+    mgr = recipe_manager.RecipeManager()
+    mgr.add_dynamic_config(".*", aeq.TFLOperationName.ALL_SUPPORTED, 4, gran)
+    if recipe.ptq != "rtn":
+        for op in (aeq.TFLOperationName.FULLY_CONNECTED, aeq.TFLOperationName.EMBEDDING_LOOKUP):
+            algo = algorithm_manager.AlgorithmName.DEQUANTIZED_WEIGHT_RECOVERY
+            mgr.add_dynamic_config(".*", op, 4, gran, algorithm_key=algo)
+    return mgr.get_quantization_recipe()
 
 
 def composite_names(tflite: Path) -> list[str]:

@@ -43,6 +43,9 @@ class Grid:
     qmax: int
     scale_dtype: torch.dtype  # scales are rounded to this precision (and stored as fp32)
     rtn_divisor: float  # round-to-nearest's scale: absmax / rtn_divisor (what the backend's own tool does)
+    # The backend reads the scale back from the snapped values as their smallest step (ai-edge-quantizer's
+    # dequantized_weight_recovery): every group must hold a code of magnitude 1 (_ensure_unit_step).
+    unit_step: bool = False
 
     def round_scale(self, s: torch.Tensor) -> torch.Tensor:
         s = s.to(self.scale_dtype).float()
@@ -54,8 +57,10 @@ GRIDS = {
     "executorch": Grid(-8, 7, torch.bfloat16, 7.5),
     # MatMulNBits / GatherBlockQuantized: unsigned codes with zero point 8, fp32 scales.
     "onnx": Grid(-8, 7, torch.float32, 8.0),
-    # ai-edge-quantizer's blockwise int4: symmetric, scale = absmax / 7, bf16-then-fp16 scales.
-    "litert": Grid(-7, 7, torch.bfloat16, 7.0),
+    # LiteRT's blockwise int4: symmetric two's-complement codes, bf16-exact scales stored as fp16.
+    # ai-edge-quantizer's own rule (scale = absmax / 7) leaves -8 unused; our codes and scales
+    # reach the file through its dequantized_weight_recovery, which keeps the whole -8..7 range.
+    "litert": Grid(-8, 7, torch.bfloat16, 7.0, unit_step=True),
 }
 
 
@@ -102,8 +107,30 @@ def quantize_weight(w: torch.Tensor, group: int, grid: Grid, method: str = "mse"
         imp = None if hessian is None or method == "rtn" else torch.diagonal(hessian).clamp(min=0)
         s = search_scales(w, group, grid, imp, method)
         q = _snap(_groups(w, group), s[..., None], grid).reshape(w.shape)
-        return q, s
-    return _gptq(w.clone(), hessian.double(), group, grid)
+    else:
+        q, s = _gptq(w.clone(), hessian.double(), group, grid)
+    return (_ensure_unit_step(q, s, w, group) if grid.unit_step else q), s
+
+
+def _ensure_unit_step(q: torch.Tensor, s: torch.Tensor, w: torch.Tensor, group: int) -> torch.Tensor:
+    """``q`` with, in each group whose code magnitudes (with 0) are nowhere 1 apart, the weight
+    nearest to a +-1 code moved to it: then the smallest step between the snapped values is the
+    scale itself (not a multiple of it, which would lose codes or round the stored scale)."""
+    mags = torch.round(_groups(q, group) / s[..., None]).abs().long()  # (N, G, group), 0..8
+    present = torch.zeros(*mags.shape[:2], 9, dtype=torch.bool)
+    present.scatter_(-1, mags, True)
+    present[..., 0] = True
+    unit = (present[..., 1:] & present[..., :-1]).any(-1)
+    bad = ~unit & present[..., 1:].any(-1)  # all-zero groups have no step to read
+    if not bad.any():
+        return q
+    out = _groups(q.clone(), group)
+    n, g = bad.nonzero(as_tuple=True)
+    wg, sg = _groups(w.float(), group)[n, g], s[n, g][:, None]  # (B, group), (B, 1)
+    j = ((wg.abs() / sg) - 1).abs().argmin(-1)
+    sign = torch.where(wg[torch.arange(len(j)), j] >= 0, 1.0, -1.0)
+    out[n, g, j] = sign * s[n, g]
+    return out.reshape(q.shape)
 
 
 def _gptq(W: torch.Tensor, H: torch.Tensor, group: int, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:

@@ -113,3 +113,32 @@ def test_litert_refusals(tmp_path):
     with pytest.raises(ExportError, match="int4 blocks are 32 or 128, got group size 64"):
         export(model, "litert", "int4", 32, "portable", tmp_path / "a", group_size=64, progress=lambda m: None)
     assert not (tmp_path / "a").exists()
+
+
+def test_int4_stores_the_ptq_codes_on_the_full_grid(artifact):
+    """The flatbuffer holds exactly the weights PTQ snapped (read back by the interpreter, not by
+    us), code -8 included: ai-edge-quantizer's own rule (block max / 7) would leave it unused."""
+    import numpy as np
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    from gemma_edge.export import api, litert_backend
+    from gemma_edge.quant import parse_recipe
+
+    d = _art(artifact, "tiny-gemma3", "int4")
+    model = models.build("tiny-gemma3", seed=0)
+    rec = parse_recipe("int4")
+    prepared = litert_backend.prepare(model, rec, "portable", calibration=api.calibration(model.config, rec, None))
+    found = litert_backend._artifact_weights(d / "model.tflite")
+    targets = [m for m in prepared.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))]
+    for m in targets:
+        assert any(torch.equal(c, m.weight) for c in found[tuple(m.weight.shape)]), m
+    interp = Interpreter(model_path=str(d / "model.tflite"))
+    codes = []
+    for t in interp.get_tensor_details():
+        if t["dtype"] == np.int8 and len(t["quantization_parameters"]["scales"]) > 1:
+            try:
+                codes.append(interp.get_tensor(t["index"]))
+            except ValueError:
+                continue
+    assert codes and min(int(c.min()) for c in codes) == -8 and max(int(c.max()) for c in codes) == 7

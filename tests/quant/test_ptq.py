@@ -63,3 +63,21 @@ def test_recipe_ptq_field():
         parse_recipe("int4", ptq="awq")
     with pytest.raises(Exception, match="group size > 0"):
         parse_recipe("int4", group_size=0)
+
+
+@pytest.mark.parametrize("method", ["mse", "gptq"])
+def test_litert_codes_are_read_back_exactly_by_ai_edge_quantizer(weight, method):
+    """LiteRT's weights reach the flatbuffer through ai-edge-quantizer's dequantized_weight_recovery,
+    which takes a block's scale as its smallest step: every block must have a unit step, also ones
+    whose weights would snap only to magnitudes like {3, 5, 7} (scale read back 2x, codes lost)."""
+    from ai_edge_quantizer.algorithms.uniform_quantize import dequantized_weight_recovery as dwr
+
+    w = weight.clone()
+    w[0, :32] = torch.tensor([0.3, -0.5, 0.7, 0.0] * 8)  # magnitudes 3, 5, 7 (and 0) at scale 0.1
+    w[1, 32:64] = torch.tensor([0.2, -0.4, 0.6, 0.8] * 8)  # even codes only
+    H = torch.eye(128) + 0.1
+    q, s = ptq.quantize_weight(w, 32, ptq.GRIDS["litert"], method, H)
+    _, scales = dwr.get_zp_scale_from_dequantized_symmetric_weights(q.numpy(), quantized_dimension=1, block_size=32)
+    assert torch.equal(torch.from_numpy(scales).reshape(s.shape).float(), s)
+    codes = q.reshape(48, 4, 32) / s[..., None]
+    assert torch.equal(codes, codes.round()) and codes.min() >= -8 and codes.max() <= 7
