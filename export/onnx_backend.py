@@ -239,6 +239,39 @@ def _translations() -> dict:
     }
 
 
+def store_scales_fp16(model) -> int:
+    """Store the fp32 scales of MatMulNBits / GatherBlockQuantized (which take them in the activations'
+    type) as fp16 initializers behind a Cast: half their bytes in the file, and ONNX Runtime folds the
+    Cast back into an fp32 constant when it loads the model. Only scales that fp16 holds exactly
+    (quant/nbits.py rounds them so) are rewritten; the exporter may have folded our own Cast away."""
+    import numpy as np
+    import onnx_ir as ir
+
+    g, casts = model.graph, {}
+    for node in list(g):
+        if node.domain != "com.microsoft" or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+            continue
+        v = node.inputs[2]
+        if v is None or v.const_value is None or v.dtype != ir.DataType.FLOAT or v.name not in g.initializers:
+            continue
+        if v not in casts:
+            arr = v.const_value.numpy()
+            half = arr.astype(np.float16)
+            if not np.array_equal(half.astype(np.float32), arr):
+                continue
+            init = ir.Value(name=f"{v.name}_fp16", const_value=ir.tensor(half, name=f"{v.name}_fp16"))
+            g.register_initializer(init)
+            cast = ir.node("Cast", [init], {"to": ir.DataType.FLOAT}, name=f"{v.name}_cast")
+            g.insert_before(node, cast)
+            casts[v] = cast.outputs[0]
+        node.replace_input_with(2, casts[v])
+    for v in casts:
+        if not v.uses():
+            g.initializers.pop(v.name)
+    g.sort()
+    return len(casts)
+
+
 def write_ort_format(onnx_path: Path, ort_path: Path) -> None:
     """The ORT-format (flatbuffer) model ONNX Runtime Mobile loads, optimized at the extended level:
     graph fusions that hold on any CPU, none of the x86-specific layout changes of the full level."""
@@ -347,6 +380,7 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
         )  # fmt: skip
         if program is None:
             raise ExportError("torch.onnx.export returned no program")
+        store_scales_fp16(program.model)
         progress(f"write {MODEL_FILE} (+ external data)")
         program.save(str(path), external_data=True)
     if ort_format:

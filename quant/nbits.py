@@ -1,11 +1,16 @@
 """Blockwise symmetric weight quantization in ONNX Runtime's MatMulNBits / GatherBlockQuantized layout.
 
-A weight W (N, K) is cut into blocks of ``block_size`` along K. Each block gets one fp32 scale
+A weight W (N, K) is cut into blocks of ``block_size`` along K. Each block gets one scale
 s = m / -2^(bits-1), where m is the block's value of largest magnitude (sign kept), so that m maps
 to the most negative code exactly; q = clamp(round(w / s), -2^(bits-1), 2^(bits-1) - 1). Codes are
 stored unsigned (q + 2^(bits-1), ORT's default zero point) and, for 4 bits, two per byte, low
-nibble first: ``qweight`` (N, K / block, block * bits / 8) uint8, ``scales`` (N, K / block) fp32
-(held flat, (N * K / block,), by NBitsLinear: MatMulNBits takes them so, as a constant it can prepack).
+nibble first: ``qweight`` (N, K / block, block * bits / 8) uint8, ``scales`` (N, K / block).
+
+MatMulNBits takes its scales in the activations' type (fp32 here), 32 bits per block: 1 bit per
+weight at block 32. NBitsLinear stores them as fp16 instead (as llama.cpp's Q4_0 does) and casts
+them to fp32 in the graph; ONNX Runtime folds that Cast into an fp32 constant when it loads the
+model (so the file holds 4.5 bits per weight at block 32, memory 5). The scales are rounded to fp16
+before the codes are chosen, so every code is exact for the scale the kernel multiplies by.
 
 The eager kernels of ``gemma_edge::matmul_nbits`` and ``gemma_edge::gather_nbits`` dequantize and
 compute in fp32: they are the eager quantized model that an ONNX artifact is checked against, and
@@ -23,11 +28,12 @@ from gemma_edge.models.errors import InputError
 __all__ = ["quantize_blockwise", "dequantize_blockwise", "NBitsLinear", "NBitsEmbedding"]
 
 
-def quantize_blockwise(w: torch.Tensor, bits: int, block_size: int, scales: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def quantize_blockwise(w: torch.Tensor, bits: int, block_size: int, scales: torch.Tensor | None = None,
+                       scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(N, K) float -> (qweight uint8 (N, K/block, block*bits/8), scales fp32 (N, K/block)).
 
-    ``scales`` (N, K/block), when given, replace the max rule (a PTQ method chose them: quant/ptq.py)."""
+    ``scales`` (N, K/block), when given, replace the max rule (a PTQ method chose them: quant/ptq.py);
+    either way they are rounded to ``scale_dtype`` (the precision they are stored in) first."""
     if bits not in (4, 8):
         raise InputError(f"bits must be 4 or 8, got {bits}")
     N, K = w.shape
@@ -41,6 +47,7 @@ def quantize_blockwise(w: torch.Tensor, bits: int, block_size: int, scales: torc
         scales = extreme / -half
     else:
         scales = scales.float().reshape(N, K // block_size, 1)
+    scales = scales.to(scale_dtype).float()
     scales = torch.where(scales == 0, torch.ones_like(scales), scales)  # all-zero block: any scale
     q = torch.clamp(torch.round(blocks / scales), -half, half - 1).to(torch.int16) + half  # unsigned codes
     q = q.to(torch.uint8)
@@ -96,19 +103,19 @@ class NBitsLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.bits, self.block_size, self.accuracy_level = bits, block_size, accuracy_level
-        q, s = quantize_blockwise(linear.weight, bits, block_size, scales)
+        q, s = quantize_blockwise(linear.weight, bits, block_size, scales, torch.float16)
         self.register_buffer("qweight", q)
-        self.register_buffer("scales", s.reshape(-1))
+        self.register_buffer("scales", s.reshape(-1).half())  # flat, as MatMulNBits takes them (see top)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
-            y = torch.ops.gemma_edge.matmul_nbits(x, self.qweight, self.scales, self.in_features,
+            y = torch.ops.gemma_edge.matmul_nbits(x, self.qweight, self.scales.float(), self.in_features,
                                                   self.out_features, self.bits, self.block_size,
                                                   self.accuracy_level)  # fmt: skip
         else:  # eager: the op's own math, with the dequantized weight kept after the first call
             if getattr(self, "_weight", None) is None:
-                self._weight = dequantize_blockwise(self.qweight, self.scales, self.bits)
+                self._weight = dequantize_blockwise(self.qweight, self.scales.float(), self.bits)
             y = F.linear(x.float(), self._weight).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
@@ -126,11 +133,11 @@ class NBitsEmbedding(nn.Module):
     @property
     def weight(self) -> torch.Tensor:  # the dequantized table, for code that reads .weight
         s = self._source[0]
-        return dequantize_blockwise(s.qweight, s.scales, s.bits)
+        return dequantize_blockwise(s.qweight, s.scales.float(), s.bits)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         s = self._source[0]
-        return torch.ops.gemma_edge.gather_nbits(s.qweight, s.scales, ids, s.bits, s.block_size)
+        return torch.ops.gemma_edge.gather_nbits(s.qweight, s.scales.float(), ids, s.bits, s.block_size)
 
 
 def _replace_linears(module: nn.Module, bits: int, block_size: int, accuracy_level: int, scales: dict) -> int:

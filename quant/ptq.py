@@ -12,8 +12,8 @@ Two methods, each choosing codes q and per-group scales s for a weight W (N, K),
   over the columns not yet quantized through the inverse Hessian of the calibration activations.
 
 A Grid is what a backend's kernel computes with: the code range and the precision its scales are
-stored in (XNNPACK's blockwise kernels and LiteRT's blockwise int4 keep bf16-exact scales, ONNX
-Runtime's MatMulNBits fp32). The result is the snapped weight s*q, exactly representable on that
+stored in (XNNPACK's blockwise kernels and LiteRT's blockwise int4 keep bf16-exact scales, our
+MatMulNBits files fp16). The result is the snapped weight s*q, exactly representable on that
 grid, and s; each backend stores q and s in its own format (see quant/torchao_apply.py,
 quant/nbits.py, export/litert_backend.py).
 """
@@ -55,8 +55,8 @@ class Grid:
 GRIDS = {
     # torchao symmetric int4 for XNNPACK (scales bf16 in the kernel); torchao's own scale is max/7.5.
     "executorch": Grid(-8, 7, torch.bfloat16, 7.5),
-    # MatMulNBits / GatherBlockQuantized: unsigned codes with zero point 8, fp32 scales.
-    "onnx": Grid(-8, 7, torch.float32, 8.0),
+    # MatMulNBits / GatherBlockQuantized: unsigned codes with zero point 8; scales stored fp16 (quant/nbits.py).
+    "onnx": Grid(-8, 7, torch.float16, 8.0),
     # LiteRT's blockwise int4: symmetric two's-complement codes, bf16-exact scales stored as fp16.
     # ai-edge-quantizer's own rule (scale = absmax / 7) leaves -8 unused; our codes and scales
     # reach the file through its dequantized_weight_recovery, which keeps the whole -8..7 range.

@@ -129,6 +129,19 @@ def test_tied_quantized_table_is_stored_once(artifact):
     assert len(big) == 1  # the head's MatMulNBits and the GatherBlockQuantized read one tensor
 
 
+def test_quantized_scales_are_stored_fp16(artifact):
+    """MatMulNBits takes scales in the activations' type; the file holds them as fp16 behind a Cast
+    (0.5 instead of 1 bit per weight at block 32), which the lowering parity above runs through."""
+    g = _graph(_onnx_artifact(artifact, "tiny-gemma2", "8da4w+emb4")).graph
+    producers = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    quantized = [n for n in g.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")]
+    assert quantized
+    for n in quantized:
+        cast = producers[n.input[2]]
+        assert cast.op_type == "Cast" and inits[cast.input[0]].data_type == onnx.TensorProto.FLOAT16, n.name
+
+
 def test_onnx_refusals(tmp_path):
     model = models.build("tiny-gemma3", seed=0)
     with pytest.raises(ExportError, match=r"GatherBlockQuantized .* takes 4-bit tables only; use \+emb4"):
