@@ -19,7 +19,7 @@ from typing import Any
 
 from gemma_edge.models.errors import ArtifactError
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "sha256_file", "staging_dir", "write_manifest", "read_manifest"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "REQUIRED", "sha256_file", "staging_dir", "write_manifest", "read_manifest"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -64,7 +64,15 @@ def write_manifest(d: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+# What a runtime reads from a manifest: refused up front when missing, not as a KeyError later.
+REQUIRED = {"format_version": int, "backend": str, "model_file": str, "files": dict, "config": dict,
+            "max_seq_len": int, "special_tokens": dict, "methods": dict, "recipe": dict, "ops": str}  # fmt: skip
+
+
 def read_manifest(d: Path, *, check_files: bool = True) -> dict[str, Any]:
+    """The manifest of artifact directory ``d``, with its required keys checked and (by default)
+    every file checked against its sha256: the model file, and every other file in the directory
+    a runtime could open (all must be listed; hidden files aside)."""
     d = Path(d)
     if not d.is_dir():
         raise ArtifactError(f"artifact directory {d} does not exist")
@@ -73,14 +81,32 @@ def read_manifest(d: Path, *, check_files: bool = True) -> dict[str, Any]:
         raise ArtifactError(f"{d} is not an artifact: {MANIFEST} is missing")
     try:
         m = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{f} is not valid JSON: {e}") from None
+    if not isinstance(m, dict):
+        raise ArtifactError(f"{f}: expected a JSON object, got {type(m).__name__}")
     if m.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{f}: format_version {m.get('format_version')!r}, this gemma-edge reads {FORMAT_VERSION}")
+    missing = [k for k in REQUIRED if k not in m]
+    if missing:
+        raise ArtifactError(f"{f}: missing required keys {', '.join(missing)}")
+    wrong = [f"{k} ({type(m[k]).__name__}, expected {t.__name__})" for k, t in REQUIRED.items()
+             if not isinstance(m[k], t) or (t is int and isinstance(m[k], bool))]  # fmt: skip
+    if wrong:
+        raise ArtifactError(f"{f}: wrong types: {', '.join(wrong)}")
+    files = m["files"]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise ArtifactError(f"{f}: 'files' must map file names to sha256 hex digests")
+    if m["model_file"] not in files:
+        raise ArtifactError(f"{f}: model_file {m['model_file']!r} is not in 'files', so it would not be hashed")
     if check_files:
-        for name, digest in m.get("files", {}).items():
+        unlisted = sorted(p.name for p in d.iterdir() if p.is_file() and p.name != MANIFEST
+                          and not p.name.startswith(".") and p.name not in files)  # fmt: skip
+        if unlisted:
+            raise ArtifactError(f"{d}: files not in the manifest (not hashed, refused): {', '.join(unlisted)}")
+        for name, digest in files.items():
             p = d / name
-            if not p.is_file():
+            if Path(name).name != name or not p.is_file():
                 raise ArtifactError(f"artifact file {p} is missing")
             if sha256_file(p) != digest:
                 raise ArtifactError(f"artifact file {p} does not match its sha256 in {MANIFEST}: tampered or truncated")

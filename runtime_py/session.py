@@ -3,10 +3,18 @@
 ``prefill(ids)`` runs a prompt in chunks and returns the last position's logits; ``decode(id)``
 advances one token; ``generate`` samples; ``embed`` runs an encoder artifact. Inputs are checked
 before they reach the runtime (token ids, lengths), since a runtime would fail far less clearly.
+
+Threads: a Session may be shared. Each public call holds ``session.lock`` (a re-entrant lock) for
+its whole run, so ``generate`` and ``embed`` are atomic and two threads' calls never interleave
+inside the runtime. A sequence built from several ``prefill``/``decode`` calls shares one position:
+a thread that does that on a shared Session holds ``with session.lock:`` around the sequence.
 """
 
 from __future__ import annotations
 
+import functools
+import numbers
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,6 +40,15 @@ def register_session(backend: str):
     return deco
 
 
+def _locked(method):
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class Session:
     """Base class; a backend implements ``_load``, ``_forward`` (causal) and ``_embed`` (encoder)."""
 
@@ -46,6 +63,7 @@ class Session:
         self.tokenizer = Tokenizer(tok, self.config.family) if tok.exists() else None
         self.threads = threads
         self.pos = 0
+        self.lock = threading.RLock()
         self._load()
 
     # -- backend hooks --------------------------------------------------------------------------
@@ -66,7 +84,7 @@ class Session:
 
     # -- checks ---------------------------------------------------------------------------------
     def _check_ids(self, ids: Sequence[int]) -> torch.Tensor:
-        t = torch.as_tensor(list(ids), dtype=torch.int64)
+        t = check_ids(ids)
         if t.numel() == 0:
             raise InputError("no tokens given")
         v = self.config.vocab_size
@@ -81,10 +99,12 @@ class Session:
             raise InputError(f"this artifact ({self.config.family}) is not {kind}")
 
     # -- causal LM ------------------------------------------------------------------------------
+    @_locked
     def reset(self) -> None:
         """Start a new sequence (the state is overwritten from position 0)."""
         self.pos = 0
 
+    @_locked
     def prefill(self, ids: Sequence[int], *, chunk_sizes: Sequence[int] | None = None) -> torch.Tensor:
         """Run ``ids`` from the current position; return the last position's logits (vocab,)."""
         self._need(causal=True)
@@ -104,9 +124,11 @@ class Session:
             start += n
         return logits
 
+    @_locked
     def decode(self, token: int) -> torch.Tensor:
         return self.prefill([token])
 
+    @_locked
     def generate(
         self,
         prompt: str | Sequence[int],
@@ -137,6 +159,7 @@ class Session:
         return out
 
     # -- encoder --------------------------------------------------------------------------------
+    @_locked
     def embed(self, texts: Sequence[str] | Sequence[Sequence[int]], *, dim: int | None = None,
               prompt: str | None = None) -> torch.Tensor:  # fmt: skip
         """Normalised embeddings (N, dim), one text (or id list) at a time."""
@@ -144,8 +167,12 @@ class Session:
         full = self.config.embed_dim
         if dim is not None and dim != full and dim not in self.config.matryoshka_dims:
             raise InputError(f"dim {dim} is not one of this model's sizes {self.config.matryoshka_dims}")
+        if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
+            raise InputError("embed takes a non-empty list of texts (or of token-id lists)")
         rows = []
-        for item in texts:
+        for i, item in enumerate(texts):
+            if not isinstance(item, (str, Sequence, torch.Tensor)):
+                raise InputError(f"embed takes a list of texts or of token-id lists: item {i} is {item!r}")
             if isinstance(item, str):
                 if self.tokenizer is None:
                     raise InputError("this artifact has no tokenizer.model: pass token ids, not text")
@@ -163,6 +190,29 @@ class Session:
         return e
 
 
+def check_ids(ids) -> torch.Tensor:
+    """A flat sequence (or 1-D tensor) of integer token ids -> int64 tensor; anything else (floats,
+    even 2.0; strings; nesting; bools; values beyond int64) is refused, never truncated."""
+    if isinstance(ids, (str, bytes)) or ids is None:
+        raise InputError(f"token ids must be a sequence of integers, got {type(ids).__name__}")
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+            raise InputError(f"token ids must be a 1-D integer tensor, got {ids.dim()}-D {ids.dtype}")
+        return ids.to(torch.int64)
+    try:
+        items = list(ids)
+    except TypeError:
+        raise InputError(f"token ids must be a sequence of integers, got {type(ids).__name__}") from None
+    for i, x in enumerate(items):
+        if isinstance(x, torch.Tensor) and x.dim() == 0 and not (x.dtype.is_floating_point or x.dtype == torch.bool):
+            x = items[i] = int(x)
+        if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+            raise InputError(f"token ids must be integers: item {i} is {x!r} ({type(x).__name__})")
+        if not -(2**63) <= int(x) < 2**63:
+            raise InputError(f"token id {int(x)} (item {i}) is out of range")
+    return torch.tensor([int(x) for x in items], dtype=torch.int64)
+
+
 def _session_class(d: Path, manifest: dict) -> type[Session]:
     backend = manifest.get("backend")
     if backend not in _SESSIONS:
@@ -172,6 +222,8 @@ def _session_class(d: Path, manifest: dict) -> type[Session]:
 
 def load(artifact_dir: str | Path, *, threads: int | None = None) -> Session:
     """Open an artifact in the runtime its manifest names (checking every file's sha256)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads must be a positive integer (or None for the runtime's default), got {threads!r}")
     d = Path(artifact_dir)
     manifest = read_manifest(d)
     return _session_class(d, manifest)(d, manifest, threads=threads)

@@ -111,3 +111,72 @@ def test_manifest_records_everything(artifact):
     assert set(m["files"]) == {"model.pte"}
     assert m["methods"]["forward"]["inputs"][0]["name"] == "tokens"
     assert m["special_tokens"]["eos"] == [1, 106]
+
+
+@pytest.mark.parametrize("backend", ["onnx", "executorch"])
+def test_token_ids_of_the_wrong_kind_are_refused(artifact, backend):
+    import torch
+
+    s = load(artifact("tiny-gemma3", backend=backend))
+    bad = {
+        "integers: item 0 is 2.0": [2.0, 17.9], "item 1 is 'a'": [2, "a"], r"item 0 is \[1, 2\]": [[1, 2]],
+        "got NoneType": None, "got str": "2 3", "out of range": [2**70], "item 0 is True": [True],
+        "1-D integer tensor, got 2-D": torch.zeros(1, 2, dtype=torch.int64),
+        "1-D integer tensor, got 1-D torch.float32": torch.ones(2),
+    }  # fmt: skip
+    for msg, ids in bad.items():
+        with pytest.raises(InputError, match=msg):
+            s.prefill(ids)
+    assert s.pos == 0
+    assert torch.equal(s.prefill(torch.tensor([2, 3])), s.reset() or s.prefill([2, torch.tensor(3)]))
+
+
+def test_embed_input_errors(artifact):
+    s = load(artifact("tiny-embeddinggemma", backend="onnx"))
+    for bad in ([2, 3], [], "text", None):
+        with pytest.raises(InputError, match="embed takes a"):
+            s.embed(bad)
+
+
+@pytest.mark.parametrize("threads", [-1, 0, 1.5, True])
+def test_bad_thread_counts_are_refused(artifact, threads):
+    with pytest.raises(InputError, match="threads must be a positive integer"):
+        load(artifact("tiny-gemma3", backend="executorch"), threads=threads)  # -1 used to abort the process
+
+
+def _manifest_case(src, tmp_path, name, edit):
+    import shutil
+
+    d = tmp_path / name
+    shutil.copytree(src, d)
+    m = json.loads((d / "manifest.json").read_text())
+    m = edit(m, d)
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
+
+
+def test_manifest_integrity(artifact, tmp_path):
+    src = artifact("tiny-gemma3", backend="onnx")
+
+    def drop(key):
+        return lambda m, d: {k: v for k, v in m.items() if k != key}
+
+    def unlist(m, d):
+        m["files"].pop(m["model_file"])
+        return m
+
+    def extra(m, d):
+        (d / "extra.bin").write_bytes(b"x")
+        return m
+
+    cases = {
+        "missing required keys files": drop("files"),
+        "missing required keys config": drop("config"),
+        "model_file 'model.onnx' is not in 'files'": unlist,
+        r"files not in the manifest \(not hashed, refused\): extra.bin": extra,
+        "expected a JSON object, got list": lambda m, d: [],
+        r"wrong types: max_seq_len \(str, expected int\)": lambda m, d: {**m, "max_seq_len": "96"},
+    }
+    for i, (msg, edit) in enumerate(cases.items()):
+        with pytest.raises(ArtifactError, match=msg):
+            load(_manifest_case(src, tmp_path, f"c{i}", edit))
