@@ -19,7 +19,10 @@ from typing import Any
 
 from gemma_edge.models.errors import ArtifactError
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "REQUIRED", "sha256_file", "staging_dir", "write_manifest", "read_manifest"]
+__all__ = [
+    "FORMAT_VERSION", "MANIFEST", "REQUIRED", "sha256_file", "staging_dir", "clean_stale_staging", "write_manifest",
+    "read_manifest",
+]  # fmt: skip
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -33,24 +36,69 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def clean_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove staging dirs of ``out_dir`` left by exports that were killed (their pid, in the
+    name, is gone); return them."""
+    gone = []
+    for p in Path(out_dir).parent.glob(f".{Path(out_dir).name}.*.tmp"):
+        parts = p.name[len(out_dir.name) + 2 :].split(".")
+        if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            _remove(p)
+            gone.append(p)
+    return gone
+
+
 @contextmanager
 def staging_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that becomes ``out_dir`` only if the body succeeds."""
+    """Yield a temporary directory that becomes ``out_dir`` only if the body succeeds.
+
+    The staging dir is named ``.NAME.PID.*.tmp`` beside ``out_dir``; staging dirs of killed exports
+    (SIGKILL leaves them) are removed by the next export to the same place. Without ``overwrite``, an
+    ``out_dir`` that appeared while exporting (another export) is not replaced: this one fails. The
+    directory gets the user's umask (mkdtemp makes it 0700)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise ArtifactError(f"output directory {out_dir} already exists (pass overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp", dir=out_dir.parent))
+    except OSError as e:
+        raise ArtifactError(f"cannot create the output directory {out_dir}: {e.strerror or e}") from None
     try:
         yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        if overwrite and (out_dir.exists() or out_dir.is_symlink()):
+            old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old.tmp")
             os.rename(out_dir, old)
             os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
-            os.rename(tmp, out_dir)
+            if out_dir.exists():
+                raise ArtifactError(f"{out_dir} appeared while this export ran (another export?); not replaced")
+            try:
+                os.rename(tmp, out_dir)  # fails on a non-empty directory that appeared meanwhile
+            except OSError as e:
+                raise ArtifactError(f"{out_dir} appeared while this export ran; not replaced ({e.strerror})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -312,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     _export_args(dm, demo=True)
     dm.set_defaults(fn=cmd_demo)
     args = p.parse_args(argv)
+    previous = _terminate_as_interrupt()
     try:
         return args.fn(args)
     except GemmaEdgeError as e:
@@ -319,6 +321,27 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"gemma-edge: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM (below): staging dirs are removed on the way out
+        if args.debug:
+            raise
+        print("gemma-edge: interrupted; nothing was left half-written", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (in the main thread), so an export cleans up as on Ctrl-C."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

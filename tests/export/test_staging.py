@@ -1,0 +1,107 @@
+"""Artifact directories under concurrent, interrupted and killed exports: never a half-written or
+silently replaced artifact, no staging dir left for good, the user's umask."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gemma_edge.export.artifact import staging_dir
+from gemma_edge.models import ArtifactError
+
+
+def _leftovers(parent: Path, name: str) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
+
+
+def test_an_artifact_that_appeared_meanwhile_is_not_replaced(tmp_path):
+    out = tmp_path / "a"
+    with pytest.raises(ArtifactError, match="appeared while this export ran"):
+        with staging_dir(out) as tmp:
+            (tmp / "mine").write_text("late")
+            out.mkdir()  # the other export finished first
+            (out / "theirs").write_text("first")
+    assert [p.name for p in out.iterdir()] == ["theirs"] and not _leftovers(tmp_path, "a")
+
+
+def test_overwrite_of_a_file_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "a"
+    out.write_text("a file")
+    with staging_dir(out, overwrite=True) as tmp:
+        (tmp / "x").write_text("1")
+    assert (out / "x").read_text() == "1" and not _leftovers(tmp_path, "a")
+
+
+def test_staging_dirs_of_killed_exports_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".a.{dead.stdout.strip()}.k1ll3d.tmp"
+    stale.mkdir()
+    alive = tmp_path / f".a.{os.getpid()}.running.tmp"  # an export still running: kept
+    alive.mkdir()
+    with staging_dir(tmp_path / "a"):
+        pass
+    assert _leftovers(tmp_path, "a") == [alive.name]
+
+
+def test_artifact_dir_takes_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with staging_dir(tmp_path / "a"):
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o750
+
+
+def test_unwritable_output_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ArtifactError, match="cannot create the output directory"):
+        with staging_dir(tmp_path / "file" / "a"):
+            pass
+
+
+def _export_cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "gemma_edge.cli", "export", "tiny-gemma3", "--backend", "onnx", "--no-verify",
+            "--max-seq-len", "64", "-o", str(out)]  # fmt: skip
+
+
+def _wait_for_staging(parent: Path, name: str, proc, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not _leftovers(parent, name):
+        assert proc.poll() is None and time.monotonic() < end, "the export never started staging"
+        time.sleep(0.05)
+
+
+def test_sigterm_mid_export_cleans_up(tmp_path):
+    out = tmp_path / "a"
+    proc = subprocess.Popen(_export_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_staging(tmp_path, "a", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert not out.exists() and not _leftovers(tmp_path, "a")
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_twenty_times(tmp_path):
+    """The target is absent or a complete, loadable artifact; the next export cleans up."""
+    from gemma_edge.runtime_py import load
+
+    out, rng = tmp_path / "a", random.Random(0)
+    for _ in range(20):
+        proc = subprocess.Popen(_export_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 12.0))
+        proc.kill()
+        proc.wait()
+        if out.exists():
+            load(out).generate([2, 3], max_new_tokens=2)
+            import shutil
+
+            shutil.rmtree(out)
+    subprocess.run(_export_cmd(out), check=True, capture_output=True)
+    assert load(out) and not _leftovers(tmp_path, "a")
