@@ -154,12 +154,18 @@ def export(
         raise ExportError(f"recipe {rec.name}: embedding quantization is for causal LMs (EmbeddingGemma: use {base})")
     if not 0 < max_seq_len <= cfg.max_seq_len:
         raise InputError(f"max_seq_len must be in 1..{cfg.max_seq_len} for this model, got {max_seq_len}")
-    chunk = prefill_chunk or default_prefill_chunk(cfg, max_seq_len)
-    if not 0 < chunk <= max_seq_len:
+    chunk = default_prefill_chunk(cfg, max_seq_len) if prefill_chunk is None else prefill_chunk
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 0 < chunk <= max_seq_len:
         raise InputError(f"prefill_chunk must be in 1..{max_seq_len}, got {chunk}")
     tok = Path(tokenizer_path) if tokenizer_path else None
     if tok is not None and not tok.is_file():
         raise InputError(f"tokenizer file {tok} does not exist")
+    if tok is not None:
+        from gemma_edge.models import Tokenizer
+
+        n = Tokenizer(tok, cfg.family).vocab_size
+        if n > cfg.vocab_size:
+            raise InputError(f"tokenizer {tok} has {n} pieces, more than the model's vocab_size {cfg.vocab_size}")
     if inplace and verify and reference is None:
         raise InputError(
             "inplace=True consumes the fp32 model verify compares against: pass reference= or verify=False"

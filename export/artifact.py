@@ -74,6 +74,9 @@ def staging_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     ``out_dir`` that appeared while exporting (another export) is not replaced: this one fails. The
     directory gets the user's umask (mkdtemp makes it 0700)."""
     out_dir = Path(out_dir)
+    here = Path.cwd().resolve()
+    if not out_dir.resolve().name or out_dir.resolve() in (here, *here.parents):
+        raise ArtifactError(f"output directory {str(out_dir)!r} is the current directory or above it: name a new one")
     if out_dir.exists() and not overwrite:
         raise ArtifactError(f"output directory {out_dir} already exists (pass overwrite to replace it)")
     try:

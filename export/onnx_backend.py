@@ -337,11 +337,14 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
             wrapper = OnnxCausal(model).eval()
             state = [t for s in model.init_state(1, max_seq_len, ring_extra=GENAI_RING_SLACK) for t in s]
             names = state_names(cfg)
+            # Examples inside each dim's range and not 1 (torch.export specialises 1); a range of one
+            # value (prefill_chunk 1, max_seq_len 1) is a static axis.
             T = min(2, prefill_chunk)
-            example = (torch.zeros(1, T, dtype=torch.long), torch.ones(1, T + 3, dtype=torch.long), state)
-            seq = Dim("sequence_length", min=1, max=prefill_chunk)
-            total = Dim("total_sequence_length", min=1, max=max_seq_len)
-            dynamic = ({1: seq}, {1: total}, [None] * len(state))  # past: one list
+            total_len = min(T + 3, max_seq_len)
+            example = (torch.zeros(1, T, dtype=torch.long), torch.ones(1, total_len, dtype=torch.long), state)
+            seq = Dim("sequence_length", min=1, max=prefill_chunk) if prefill_chunk > 1 else None
+            total = Dim("total_sequence_length", min=1, max=max_seq_len) if max_seq_len > 1 else None
+            dynamic = ({1: seq} if seq else None, {1: total} if total else None, [None] * len(state))
             in_names = ["input_ids", "attention_mask", *[n for n, _ in names]]
             out_names = ["logits", *[n for _, n in names]]
             spec = lambda n, t: {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}  # noqa: E731

@@ -59,6 +59,11 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is corrupt: its safetensors header is not a JSON object")
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    for k, v in tensors.items():
+        off = v.get("data_offsets") if isinstance(v, dict) else None
+        ints = isinstance(off, list) and len(off) == 2 and all(type(x) is int for x in off)
+        if not (ints and 0 <= off[0] <= off[1]) or not isinstance(v.get("shape"), list):
+            raise CheckpointError(f"{path} is corrupt: tensor {k!r} has no valid data_offsets [begin, end] and shape")
     end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
     if 8 + n + end > size:
         raise CheckpointError(f"{path} is truncated: its header declares {8 + n + end} bytes, the file has {size}")
@@ -73,8 +78,9 @@ def _weight_files(d: Path) -> dict[str, Path]:
     index = d / "model.safetensors.index.json"
     where: dict[str, Path] = {}
     if index.exists():
-        wm = read_json(index).get("weight_map")
-        if not isinstance(wm, dict):
+        j = read_json(index)
+        wm = j.get("weight_map") if isinstance(j, dict) else None
+        if not isinstance(wm, dict) or not all(isinstance(f, str) for f in wm.values()):
             raise CheckpointError(f"{index} has no 'weight_map' object")
         files = {f: d / f for f in set(wm.values())}
         headers = {f: safetensors_header(p) for f, p in files.items()}
@@ -160,7 +166,7 @@ def _read(d: Path, allow_unknown: bool) -> tuple[ModelConfig, Path, list[Path]]:
     if mods is not None:
         if cfg.causal:
             raise CheckpointError(f"{cj}: a sentence-transformers encoder needs use_bidirectional_attention=true")
-        dims = [int(read_json(p / "config.json")["out_features"]) for p in dense_dirs]
+        dims = [_dense_out(p / "config.json") for p in dense_dirs]
         out = dims[-1] if dims else cfg.d_model
         cfg = cfg.replace(
             pooling=pooling,
@@ -172,6 +178,14 @@ def _read(d: Path, allow_unknown: bool) -> tuple[ModelConfig, Path, list[Path]]:
             f"{d}: a bidirectional gemma3_text model needs the sentence-transformers layout (modules.json)"
         )
     return cfg, root, dense_dirs
+
+
+def _dense_out(cj: Path) -> int:
+    j = read_json(cj)
+    n = j.get("out_features") if isinstance(j, dict) else None
+    if type(n) is not int or n < 1:
+        raise CheckpointError(f"{cj}: a Dense module needs out_features (a positive integer), got {n!r}")
+    return n
 
 
 def _problems(title: str, items: list[str]) -> str:
@@ -234,7 +248,16 @@ def load(path: str | Path, *, allow_unknown_keys: bool = False) -> nn.Module:
     with torch.no_grad():
         for k, (name, _) in expected.items():
             params[name].copy_(tensors[k].to(torch.float32))
+    check_finite(model, d, {name: k for k, (name, _) in expected.items()})
     return model
+
+
+def check_finite(model: nn.Module, where, names: dict[str, str] | None = None) -> None:
+    """Refuse weights holding NaN or inf (a corrupt or diverged checkpoint would otherwise export,
+    with --no-verify, into an artifact that emits garbage)."""
+    bad = [(names or {}).get(n, n) for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise CheckpointError(_problems(f"non-finite weights (NaN or inf) in {where}", bad))
 
 
 def _read_tensors(where: dict[str, Path], keys: set[str] | None) -> dict[str, torch.Tensor]:

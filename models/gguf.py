@@ -221,6 +221,9 @@ def load_gguf(path: str | Path) -> nn.Module:
             params[name].copy_(w - 1.0 if is_norm else w)  # the converter stored 1 + w
     if bad:
         raise CheckpointError(_problems(f"mis-shaped tensors in {p}", bad))
+    from .checkpoint import check_finite
+
+    check_finite(model, p, {name: t.name for name, (t, _) in found.items()})
     return model.eval()
 
 

@@ -6,6 +6,7 @@ silently ignored is how a wrong model ships. ``allow_unknown=True`` turns that i
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -50,36 +51,67 @@ def _need(cond: bool, where: str, msg: str) -> None:
         raise ConfigError(f"{where}: {msg}")
 
 
+_MISSING = object()
+
+
+def _num(j: dict, key: str, where: str, default: Any = _MISSING, *, kind: type = int, minimum: float | None = 1):
+    """``j[key]`` as an int (or float), strictly: a bool, a string, a fraction where an integer is
+    meant, a non-finite or too-small value is an error naming the key. ``None`` or absence gives
+    ``default`` (an error when there is none); never a silent truncation or replacement."""
+    v = j.get(key)
+    if v is None:
+        _need(default is not _MISSING, where, f"missing required key {key!r}")
+        return default
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    _need(ok, where, f"{key} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+    if kind is int:
+        _need(float(v).is_integer(), where, f"{key} must be an integer, got {v!r}")
+        v = int(v)
+    else:
+        v = float(v)
+    _need(minimum is None or v >= minimum, where, f"{key} must be >= {minimum}, got {v!r}")
+    return v
+
+
 def _rope(j: dict, where: str, kinds: set[str]) -> tuple[dict, dict, float]:
     """RoPE base, linear scaling and rotary fraction per attention kind, from v4 or v5 keys."""
-    base, scaling, fraction = {}, {}, float(j.get("partial_rotary_factor", 1.0))
+    base, scaling = {}, {}
+    fraction = _num(j, "partial_rotary_factor", where, 1.0, kind=float, minimum=0)
     params = j.get("rope_parameters")
+    _need(params is None or isinstance(params, dict), where, f"rope_parameters must be an object, got {params!r}")
+    _need(j.get("rope_scaling") is None or isinstance(j.get("rope_scaling"), dict), where,
+          f"rope_scaling must be an object or null, got {j.get('rope_scaling')!r}")  # fmt: skip
     per_kind: dict[str, dict] = {}
     if isinstance(params, dict) and any(k in params for k in _HF_KIND):
         per_kind = {_HF_KIND[k]: v for k, v in params.items() if k in _HF_KIND}
+        bad = [k for k, v in per_kind.items() if not isinstance(v, dict)]
+        _need(not bad, where, f"rope_parameters for {bad} layers must be objects")
     elif isinstance(params, dict):
         per_kind = {k: dict(params) for k in kinds}
     else:  # transformers 4.x layout
-        theta = float(j.get("rope_theta", 10_000.0))
+        theta = _num(j, "rope_theta", where, 10_000.0, kind=float, minimum=0)
         per_kind = {k: {"rope_theta": theta} for k in kinds}
         if "local" in kinds and "rope_local_base_freq" in j:
-            per_kind["local"] = {"rope_theta": float(j["rope_local_base_freq"])}
+            per_kind["local"] = {"rope_theta": _num(j, "rope_local_base_freq", where, kind=float, minimum=0)}
         if j.get("rope_scaling"):
             per_kind.setdefault("global", {}).update(j["rope_scaling"])
     for kind, p in per_kind.items():
         rtype = p.get("rope_type", p.get("type", "default"))
         _need(rtype in ("default", "linear"), where, f"rope_type {rtype!r} for {kind} layers is not supported")
-        base[kind] = float(p.get("rope_theta", 10_000.0))
-        if rtype == "linear" and float(p.get("factor", 1.0)) != 1.0:
-            scaling[kind] = float(p["factor"])
-        fraction = float(p.get("partial_rotary_factor", fraction))
+        base[kind] = _num(p, "rope_theta", where, 10_000.0, kind=float, minimum=0)
+        factor = _num(p, "factor", where, 1.0, kind=float, minimum=0)
+        if rtype == "linear" and factor != 1.0:
+            scaling[kind] = factor
+        fraction = _num(p, "partial_rotary_factor", where, fraction, kind=float, minimum=0)
     return base, scaling, fraction
 
 
 def config_from_hf(j: dict[str, Any], *, where: str = "config.json", allow_unknown: bool = False,
                    encoder: bool = False) -> ModelConfig:  # fmt: skip
+    _need(isinstance(j, dict), where, f"expected a JSON object, got {type(j).__name__}")
     mt = j.get("model_type")
-    _need(mt in MODEL_TYPES, where, f"unknown model_type {mt!r}; supported: {', '.join(MODEL_TYPES)}")
+    known = isinstance(mt, str) and mt in MODEL_TYPES
+    _need(known, where, f"unknown model_type {mt!r}; supported: {', '.join(MODEL_TYPES)}")
     unknown = sorted(set(j) - _MAPPED[mt] - INERT_KEYS)
     if unknown:
         msg = f"{where}: unknown config key(s) {unknown} for model_type {mt!r}"
@@ -89,36 +121,41 @@ def config_from_hf(j: dict[str, Any], *, where: str = "config.json", allow_unkno
     act = j.get("hidden_activation") or j.get("hidden_act") or "gelu_pytorch_tanh"
     _need(act in ("gelu_pytorch_tanh", "gelu_tanh"), where, f"hidden_activation {act!r} is not gelu tanh")
     _need(not j.get("attention_bias", False), where, "attention_bias=true is not a Gemma architecture")
-    n = int(j["num_hidden_layers"])
-    heads, d = int(j["num_attention_heads"]), int(j["hidden_size"])
+    n = _num(j, "num_hidden_layers", where)
+    heads, d = _num(j, "num_attention_heads", where), _num(j, "hidden_size", where)
     common = dict(
-        vocab_size=int(j["vocab_size"]), d_model=d, num_heads=heads,
-        num_kv_heads=int(j.get("num_key_value_heads") or heads), norm_eps=float(j.get("rms_norm_eps", 1e-6)),
+        vocab_size=_num(j, "vocab_size", where), d_model=d, num_heads=heads,
+        num_kv_heads=_num(j, "num_key_value_heads", where, heads),
+        norm_eps=_num(j, "rms_norm_eps", where, 1e-6, kind=float, minimum=0),
         tie_embeddings=bool(j.get("tie_word_embeddings", True)),
     )  # fmt: skip
 
     if mt == "recurrent_gemma":
-        blocks = list(j.get("block_types", ["recurrent", "recurrent", "attention"]))
+        blocks = j.get("block_types") or ["recurrent", "recurrent", "attention"]
+        _need(isinstance(blocks, list), where, f"block_types must be a list, got {blocks!r}")
         _need(set(blocks) <= {"recurrent", "attention"}, where, f"block_types {blocks} has an unknown entry")
         kinds = tuple("recurrent" if blocks[i % len(blocks)] == "recurrent" else "local" for i in range(n))
         base, scaling, fraction = _rope({"partial_rotary_factor": 0.5, **j}, where, {"local"})
-        head_dim = int(j.get("head_dim") or d // heads)
+        head_dim = _num(j, "head_dim", where, d // heads)
         _need(head_dim == d // heads, where, f"head_dim {head_dim} must equal hidden_size/heads = {d // heads}")
         _need(j.get("embeddings_scale_by_sqrt_dim", True), where, "embeddings_scale_by_sqrt_dim=false is unsupported")
         return ModelConfig(
             family="recurrentgemma", layer_kinds=kinds, head_dim=head_dim,
-            ffn_dim=int(j["intermediate_size"]) // 2,  # HF's MLP halves intermediate_size
-            window=int(j.get("attention_window_size", 2048)), max_seq_len=int(j.get("max_position_embeddings", 8192)),
+            ffn_dim=_num(j, "intermediate_size", where, minimum=2) // 2,  # HF's MLP halves intermediate_size
+            window=_num(j, "attention_window_size", where, 2048),
+            max_seq_len=_num(j, "max_position_embeddings", where, 8192),
             query_scale=float(head_dim), rope_base=base, rope_scaling=scaling, rotary_fraction=fraction,
-            final_softcap=j.get("logits_soft_cap", 30.0), post_norms=False, embed_scale_bf16=True,
-            mlp_bias=True, attn_out_bias=True, lru_width=int(j.get("lru_width") or d),
-            conv_width=int(j.get("conv1d_width", 4)), **common,
+            final_softcap=_num(j, "logits_soft_cap", where, 30.0, kind=float, minimum=0),
+            post_norms=False, embed_scale_bf16=True,
+            mlp_bias=True, attn_out_bias=True, lru_width=_num(j, "lru_width", where, d),
+            conv_width=_num(j, "conv1d_width", where, 4), **common,
         )  # fmt: skip
 
     bidir = bool(j.get("use_bidirectional_attention") or False)
     _need(mt == "gemma3_text" or not bidir, where, "use_bidirectional_attention is only supported for gemma3_text")
     if "layer_types" in j and j["layer_types"] is not None:
-        bad = [t for t in j["layer_types"] if t not in _HF_KIND]
+        _need(isinstance(j["layer_types"], list), where, f"layer_types must be a list, got {j['layer_types']!r}")
+        bad = [t for t in j["layer_types"] if not isinstance(t, str) or t not in _HF_KIND]
         _need(not bad, where, f"layer_types has unknown entries {bad}")
         _need(
             len(j["layer_types"]) == n,
@@ -129,15 +166,18 @@ def config_from_hf(j: dict[str, Any], *, where: str = "config.json", allow_unkno
     elif mt == "gemma2":
         kinds = gemma2_kinds(n)
     else:
-        kinds = gemma3_kinds(n, int(j.get("sliding_window_pattern", j.get("_sliding_window_pattern", 6))))
+        kinds = gemma3_kinds(n, _num(j, "sliding_window_pattern", where, _num(j, "_sliding_window_pattern", where, 6)))
     base, scaling, fraction = _rope(j, where, set(kinds))
-    head_dim = int(j.get("head_dim") or d // heads)
+    head_dim = _num(j, "head_dim", where, d // heads)
     family = "gemma2" if mt == "gemma2" else ("embeddinggemma" if (bidir or encoder) else "gemma3")
     return ModelConfig(
-        family=family, layer_kinds=kinds, head_dim=head_dim, ffn_dim=int(j["intermediate_size"]),
-        window=int(j.get("sliding_window") or 4096), max_seq_len=int(j.get("max_position_embeddings", 8192)),
-        query_scale=float(j.get("query_pre_attn_scalar") or head_dim), rope_base=base, rope_scaling=scaling,
-        rotary_fraction=fraction, attn_softcap=j.get("attn_logit_softcapping"),
-        final_softcap=j.get("final_logit_softcapping"), qk_norm=mt == "gemma3_text", causal=not bidir,
+        family=family, layer_kinds=kinds, head_dim=head_dim, ffn_dim=_num(j, "intermediate_size", where),
+        window=_num(j, "sliding_window", where, 4096),
+        max_seq_len=_num(j, "max_position_embeddings", where, 8192),
+        query_scale=_num(j, "query_pre_attn_scalar", where, float(head_dim), kind=float, minimum=0),
+        rope_base=base, rope_scaling=scaling, rotary_fraction=fraction,
+        attn_softcap=_num(j, "attn_logit_softcapping", where, None, kind=float, minimum=0),
+        final_softcap=_num(j, "final_logit_softcapping", where, None, kind=float, minimum=0),
+        qk_norm=mt == "gemma3_text", causal=not bidir,
         **common,
     )  # fmt: skip

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from gemma_edge.models.errors import InputError
+
 from .profiles import apply_profile, get_profile
 from .session import import_runtime, load
 
@@ -82,6 +84,10 @@ def _weight_bytes(artifact_dir: Path, manifest: dict) -> int:
 
 def benchmark(artifact_dir: str | Path, profile: str = "phone-mid", *, repeats: int = 3, decode_steps: int = 32,
               progress=print) -> dict:  # fmt: skip
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise InputError(f"repeats must be a positive integer, got {repeats!r}")
+    if isinstance(decode_steps, bool) or not isinstance(decode_steps, int) or decode_steps < 1:
+        raise InputError(f"decode_steps must be a positive integer, got {decode_steps!r}")
     d = Path(artifact_dir)
     prof = get_profile(profile)
     applied = apply_profile(prof)
@@ -113,14 +119,14 @@ def benchmark(artifact_dir: str | Path, profile: str = "phone-mid", *, repeats: 
     ids = lambda n: torch.randint(3, cfg.vocab_size, (n,), generator=gen).tolist()  # noqa: E731
     if not cfg.causal:
         res["embed_ms"] = {}
-        for n in (n for n in (16, 128, 512) if n <= s.max_seq_len):
+        for n in [n for n in (16, 128, 512) if n <= s.max_seq_len] or [s.max_seq_len]:
             x = [ids(n)]
             s.embed(x)
             res["embed_ms"][n] = _stats([_timed(lambda x=x: s.embed(x))[0] * 1e3 for _ in range(repeats)])
             progress(f"embed {n} tokens: {res['embed_ms'][n]['median']:.1f} ms")
     else:
         res["prefill_tok_s"], res["ttft_ms"], res["decode_tok_s"] = {}, {}, {}
-        for n in (n for n in (128, 512) if n < s.max_seq_len):
+        for n in [n for n in (128, 512) if n < s.max_seq_len] or [max(1, s.max_seq_len // 2)]:
             prompt = ids(n)
             times = []
             for _ in range(repeats):
@@ -131,11 +137,17 @@ def benchmark(artifact_dir: str | Path, profile: str = "phone-mid", *, repeats: 
             progress(
                 f"prefill {n}: {res['prefill_tok_s'][n]['median']:.1f} tok/s, TTFT {res['ttft_ms'][n]['median']:.0f} ms"
             )
-        for ctx in (c for c in (128, 1024, 4096) if c + decode_steps <= s.max_seq_len):
+        # short artifacts (max_seq_len < 128 + decode_steps): one context, half-way, fewer steps
+        contexts = [c for c in (128, 1024, 4096) if c + decode_steps <= s.max_seq_len]
+        if not contexts and s.max_seq_len >= 2:
+            contexts = [s.max_seq_len // 2]
+            decode_steps = min(decode_steps, s.max_seq_len - contexts[0])
+        res["decode_steps"] = decode_steps
+        for ctx in contexts:
             rates = []
             s.reset()
             s.prefill(ids(ctx))
-            for _ in range(4):  # warm-up: first decode calls pay one-off allocation and page faults
+            for _ in range(min(4, s.max_seq_len - ctx)):  # warm-up: one-off allocation and page faults
                 s.decode(5)
             for _ in range(repeats):
                 s.pos = ctx  # decode the same positions each repeat: the state before ctx is unchanged
@@ -246,7 +258,8 @@ def _plot(res: dict, path: Path) -> None:
         axes[0].errorbar([str(c) for c in ctx], med, yerr=[lo, hi], marker="o", capsize=4, label="measured")
         roof = [res["roofline"][c]["roofline_tok_s"] for c in ctx]
         axes[0].plot([str(c) for c in ctx], roof, "x--", label="memory-bandwidth roofline")
-        axes[0].set(xlabel="context (tokens)", ylabel="decode tok/s", title="decode", ylim=(0, 1.1 * max(roof)))
+        axes[0].set(xlabel="context (tokens)", ylabel="decode tok/s", title="decode",
+                    ylim=(0, 1.1 * max(roof + med + [1.0])))  # fmt: skip
         axes[0].legend()
         pre = res["prefill_tok_s"]
         axes[1].bar([str(n) for n in pre], [pre[n]["median"] for n in pre])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -19,11 +21,12 @@ class Sampler:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise InputError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise InputError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
+        num = lambda x: isinstance(x, numbers.Real) and not isinstance(x, bool)  # noqa: E731
+        if not num(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InputError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise InputError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if not num(self.top_p) or not 0 < self.top_p <= 1:  # NaN fails the comparison too
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         self._gen = torch.Generator().manual_seed(self.seed if self.seed is not None else 0)
 

@@ -75,3 +75,30 @@ def test_export_verify_bench_other_backends(tmp_path, capsys, backend, quant, op
     assert main(["bench", str(out), "--profile", "host", "--repeats", "1", "-o", str(tmp_path / "b")]) == 0
     res = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert res["backend"] == backend and res["decode_tok_s"]["128"]["median"] > 0
+
+
+def test_bad_settings_are_one_line_errors(tmp_path, capsys):
+    cases = {
+        ("inspect", str(tmp_path / "missing-ckpt")): "no such checkpoint directory or GGUF file",
+        ("export", "tiny-gemma3", "--max-seq-len", "64", "--prefill-chunk", "0", "-o", str(tmp_path / "a")):
+            "prefill_chunk must be in 1..64, got 0",
+        ("export", "tiny-gemma3", "--quant", "int4", "--group-size", "0", "-o", str(tmp_path / "a")):
+            "int4 weights need a group size > 0",
+    }  # fmt: skip
+    for argv, msg in cases.items():
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
+
+
+def test_onnx_short_artifacts_export_verify_and_bench(tmp_path, capsys):
+    """max_seq_len below the local window and a prefill chunk of 1 (torch.export refused both)."""
+    cases = {"short": ["--max-seq-len", "4"], "chunk1": ["--prefill-chunk", "1", "--max-seq-len", "48"]}
+    for name, extra in cases.items():
+        out = tmp_path / name
+        assert main(["export", "tiny-gemma3", "--backend", "onnx", "-o", str(out), *extra]) == 0
+        assert main(["bench", str(out), "--profile", "host", "--repeats", "1", "-o", str(tmp_path / f"b{name}")]) == 0
+        assert (tmp_path / f"b{name}" / "bench.png").is_file()
+    assert main(["bench", str(tmp_path / "short"), "--repeats", "0"]) == 2
+    assert "repeats must be a positive integer" in capsys.readouterr().err

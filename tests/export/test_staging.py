@@ -58,6 +58,14 @@ def test_artifact_dir_takes_the_umask(tmp_path):
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o750
 
 
+def test_output_over_the_current_directory_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for out in (".", "..", str(tmp_path)):
+        with pytest.raises(ArtifactError, match="is the current directory or above it"):
+            with staging_dir(Path(out), overwrite=True):
+                pass
+
+
 def test_unwritable_output_is_one_clear_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ArtifactError, match="cannot create the output directory"):
