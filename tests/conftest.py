@@ -26,6 +26,17 @@ def hf_causal(tmp_path_factory):
     return get
 
 
+@pytest.fixture
+def ckpt(hf_causal, tmp_path):
+    """A private copy of the tiny Gemma 3 checkpoint transformers wrote, for tests that damage it."""
+    import shutil
+
+    src, _ = hf_causal("tiny-gemma3")
+    d = tmp_path / "ckpt"
+    shutil.copytree(src, d)
+    return d
+
+
 @pytest.fixture(scope="session")
 def hf_embedding(tmp_path_factory):
     d = tmp_path_factory.mktemp("st") / "embeddinggemma"

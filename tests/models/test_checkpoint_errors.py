@@ -11,14 +11,6 @@ from gemma_edge import models
 from gemma_edge.models import CheckpointError, ConfigError
 
 
-@pytest.fixture
-def ckpt(hf_causal, tmp_path):
-    src, _ = hf_causal("tiny-gemma3")
-    d = tmp_path / "ckpt"
-    shutil.copytree(src, d)
-    return d
-
-
 def _edit_config(d, **changes):
     j = json.loads((d / "config.json").read_text())
     for k, v in changes.items():

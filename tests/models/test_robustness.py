@@ -3,7 +3,6 @@ the file and key named (hand-picked cases, then hypothesis-mutated config.json, 
 headers and manifests)."""
 
 import json
-import shutil
 import struct
 
 import pytest
@@ -46,14 +45,6 @@ def test_bad_config_values_are_refused(hf_config, changes, msg):
 def test_config_that_is_not_an_object(doc):
     with pytest.raises(ConfigError, match="expected a JSON object"):
         config_from_hf(doc, where="c.json")
-
-
-@pytest.fixture
-def ckpt(hf_causal, tmp_path):
-    src, _ = hf_causal("tiny-gemma3")
-    d = tmp_path / "ckpt"
-    shutil.copytree(src, d)
-    return d
 
 
 def _header_file(path, header: dict, data: bytes = b"") -> None:
