@@ -3,6 +3,7 @@ the file and key named (hand-picked cases, then hypothesis-mutated config.json, 
 headers and manifests)."""
 
 import json
+import shutil
 import struct
 
 import pytest
@@ -155,3 +156,15 @@ def test_sampler_settings_are_checked(kw, msg):
 
     with pytest.raises(InputError, match=msg):
         Sampler(**kw)
+
+
+def test_dense_config_without_out_features(hf_embedding, tmp_path):
+    src, _ = hf_embedding
+    d = tmp_path / "st"
+    shutil.copytree(src, d)
+    dense = next(p for p in sorted(d.iterdir()) if "Dense" in p.name)
+    j = json.loads((dense / "config.json").read_text())
+    j.pop("out_features")
+    (dense / "config.json").write_text(json.dumps(j))
+    with pytest.raises(CheckpointError, match=r"Dense module needs out_features .* got None"):
+        models.load(d)
