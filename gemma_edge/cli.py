@@ -67,10 +67,9 @@ def cmd_inspect(args) -> int:
     from gemma_edge.models.inspect import summary_rows
 
     p = Path(args.model)
-    if not p.exists() and args.model not in models.PRESETS:
-        looks_like_path = "/" in args.model or args.model.startswith(".") or p.suffix
-        what = "no such checkpoint directory or GGUF file" if looks_like_path else "unknown preset"
-        raise InputError(f"{args.model!r}: {what} (presets: {', '.join(models.PRESETS)})")
+    path_like = "/" in args.model or args.model.startswith(".") or bool(p.suffix)
+    if not p.exists() and args.model not in models.PRESETS and path_like:
+        raise InputError(f"{args.model}: no such checkpoint directory or GGUF file")
     cfg = (
         models.read_config(p, allow_unknown_keys=args.allow_unknown_keys)
         if p.exists()
