@@ -157,7 +157,9 @@ def read_manifest(d: Path, *, check_files: bool = True) -> dict[str, Any]:
             raise ArtifactError(f"{d}: files not in the manifest (not hashed, refused): {', '.join(unlisted)}")
         for name, digest in files.items():
             p = d / name
-            if Path(name).name != name or not p.is_file():
+            if Path(name).name != name:
+                raise ArtifactError(f"{f}: 'files' names {name!r}, which is not a file of the artifact directory")
+            if not p.is_file():
                 raise ArtifactError(f"artifact file {p} is missing")
             if sha256_file(p) != digest:
                 raise ArtifactError(f"artifact file {p} does not match its sha256 in {MANIFEST}: tampered or truncated")

@@ -54,7 +54,8 @@ def _need(cond: bool, where: str, msg: str) -> None:
 _MISSING = object()
 
 
-def _num(j: dict, key: str, where: str, default: Any = _MISSING, *, kind: type = int, minimum: float | None = 1):
+def _num(j: dict, key: str, where: str, default: Any = _MISSING, *, kind: type = int, minimum: float | None = 1,
+         positive: bool = False):  # fmt: skip
     """``j[key]`` as an int (or float), strictly: a bool, a string, a fraction where an integer is
     meant, a non-finite or too-small value is an error naming the key. ``None`` or absence gives
     ``default`` (an error when there is none); never a silent truncation or replacement."""
@@ -70,6 +71,7 @@ def _num(j: dict, key: str, where: str, default: Any = _MISSING, *, kind: type =
     else:
         v = float(v)
     _need(minimum is None or v >= minimum, where, f"{key} must be >= {minimum}, got {v!r}")
+    _need(not positive or v > 0, where, f"{key} must be > 0, got {v!r}")  # a 0 softcap or RoPE base: NaN
     return v
 
 
@@ -89,16 +91,17 @@ def _rope(j: dict, where: str, kinds: set[str]) -> tuple[dict, dict, float]:
     elif isinstance(params, dict):
         per_kind = {k: dict(params) for k in kinds}
     else:  # transformers 4.x layout
-        theta = _num(j, "rope_theta", where, 10_000.0, kind=float, minimum=0)
+        theta = _num(j, "rope_theta", where, 10_000.0, kind=float, minimum=0, positive=True)
         per_kind = {k: {"rope_theta": theta} for k in kinds}
         if "local" in kinds and "rope_local_base_freq" in j:
-            per_kind["local"] = {"rope_theta": _num(j, "rope_local_base_freq", where, kind=float, minimum=0)}
+            local = _num(j, "rope_local_base_freq", where, kind=float, minimum=0, positive=True)
+            per_kind["local"] = {"rope_theta": local}
         if j.get("rope_scaling"):
             per_kind.setdefault("global", {}).update(j["rope_scaling"])
     for kind, p in per_kind.items():
         rtype = p.get("rope_type", p.get("type", "default"))
         _need(rtype in ("default", "linear"), where, f"rope_type {rtype!r} for {kind} layers is not supported")
-        base[kind] = _num(p, "rope_theta", where, 10_000.0, kind=float, minimum=0)
+        base[kind] = _num(p, "rope_theta", where, 10_000.0, kind=float, minimum=0, positive=True)
         factor = _num(p, "factor", where, 1.0, kind=float, minimum=0)
         if rtype == "linear" and factor != 1.0:
             scaling[kind] = factor
@@ -145,7 +148,7 @@ def config_from_hf(j: dict[str, Any], *, where: str = "config.json", allow_unkno
             window=_num(j, "attention_window_size", where, 2048),
             max_seq_len=_num(j, "max_position_embeddings", where, 8192),
             query_scale=float(head_dim), rope_base=base, rope_scaling=scaling, rotary_fraction=fraction,
-            final_softcap=_num(j, "logits_soft_cap", where, 30.0, kind=float, minimum=0),
+            final_softcap=_num(j, "logits_soft_cap", where, 30.0, kind=float, minimum=0, positive=True),
             post_norms=False, embed_scale_bf16=True,
             mlp_bias=True, attn_out_bias=True, lru_width=_num(j, "lru_width", where, d),
             conv_width=_num(j, "conv1d_width", where, 4), **common,
@@ -174,10 +177,10 @@ def config_from_hf(j: dict[str, Any], *, where: str = "config.json", allow_unkno
         family=family, layer_kinds=kinds, head_dim=head_dim, ffn_dim=_num(j, "intermediate_size", where),
         window=_num(j, "sliding_window", where, 4096),
         max_seq_len=_num(j, "max_position_embeddings", where, 8192),
-        query_scale=_num(j, "query_pre_attn_scalar", where, float(head_dim), kind=float, minimum=0),
+        query_scale=_num(j, "query_pre_attn_scalar", where, float(head_dim), kind=float, minimum=0, positive=True),
         rope_base=base, rope_scaling=scaling, rotary_fraction=fraction,
-        attn_softcap=_num(j, "attn_logit_softcapping", where, None, kind=float, minimum=0),
-        final_softcap=_num(j, "final_logit_softcapping", where, None, kind=float, minimum=0),
+        attn_softcap=_num(j, "attn_logit_softcapping", where, None, kind=float, minimum=0, positive=True),
+        final_softcap=_num(j, "final_logit_softcapping", where, None, kind=float, minimum=0, positive=True),
         qk_norm=mt == "gemma3_text", causal=not bidir,
         **common,
     )  # fmt: skip

@@ -35,6 +35,8 @@ def hf_config(hf_causal):
         ({"rope_parameters": [1, 2]}, "rope_parameters must be an object"),
         ({"rms_norm_eps": float("nan")}, "rms_norm_eps must be a number"),
         ({"layer_types": "sliding_attention"}, "layer_types must be a list"),
+        ({"final_logit_softcapping": 0.0}, "final_logit_softcapping must be > 0"),
+        ({"query_pre_attn_scalar": 0}, "query_pre_attn_scalar must be > 0"),
     ],
 )
 def test_bad_config_values_are_refused(hf_config, changes, msg):
