@@ -38,7 +38,14 @@ OPS = {"executorch": "fused"}  # the tied table stored once needs our kernels (e
 # backend -> [(recipe, group size)]
 COMBOS = {
     "onnx": [("fp32", 32), ("int8", 32), ("int4+emb4", 32), ("int4+emb4", 64), ("int4", 32), ("8da4w+emb4", 32)],
-    "executorch": [("fp32", 32), ("8da8w", 32), ("8da4w+emb8", 32), ("8da4w+emb4", 32), ("8da4w", 32)],
+    "executorch": [
+        ("fp32", 32),
+        ("8da8w", 32),
+        ("8da4w+emb8", 32),
+        ("8da4w+emb4", 32),
+        ("8da4w", 32),
+        ("int4+emb4", 32),
+    ],
     "litert": [("fp32", 32), ("int8", 32), ("int4", 32), ("int4", 128)],
 }
 

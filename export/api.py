@@ -7,6 +7,7 @@ export leaves nothing behind. Verify runs the artifact in its own runtime agains
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -46,7 +47,7 @@ def _litert():
 
 
 # backend name -> loader of its module, which provides: MODEL_FILE, runtime_version(),
-# check_supported(recipe), prepare(model, recipe, ops, copy_model), lower(model, ...) -> methods;
+# check_supported(recipe, ops), prepare(model, recipe, ops, copy_model), lower(model, ...) -> methods;
 # optionally eager_quantized(model, recipe, artifact_dir) when quantization happens after lowering.
 BACKENDS: dict[str, Callable] = {"executorch": _executorch, "onnx": _onnx, "litert": _litert}
 
@@ -90,7 +91,8 @@ def _eager_quantized(model: nn.Module, rec: Recipe, backend: str, artifact_dir: 
         return b.eager_quantized(model, rec, artifact_dir)
     tok = artifact_dir / "tokenizer.model"
     calib = calibration(model.config, rec, tok if tok.exists() else None)
-    return b.prepare(model, rec, "portable", calibration=calib)
+    ops = json.loads((artifact_dir / "manifest.json").read_text()).get("ops", "portable")
+    return b.prepare(model, rec, ops if ops in OPS_MODES else "portable", calibration=calib)
 
 
 def _verify_tokens(cfg: ModelConfig, max_seq_len: int, tokenizer=None, seed: int = 0) -> list[int]:
@@ -146,7 +148,7 @@ def export(
         raise InputError(f"unknown ops mode {ops!r}; known: {', '.join(OPS_MODES)}")
     rec = parse_recipe(recipe, group_size, ptq) if isinstance(recipe, str) else recipe
     b = BACKENDS[backend]()
-    b.check_supported(rec)
+    b.check_supported(rec, ops)
     if ort_format and backend != "onnx":
         raise InputError(f"ort_format is an ONNX Runtime option; backend is {backend!r}")
     if rec.embedding_bits is not None and not cfg.causal:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.export import Dim, export
 
 from gemma_edge.export import kernels  # noqa: F401  (.out variants the emitter substitutes in fused mode)
-from gemma_edge.export.executorch_table import share_table
+from gemma_edge.export.executorch_table import kernel_linears, share_table
 from gemma_edge.models import CausalLM, Encoder, fuse_projections, untie_head, use_custom_ops
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.layers import RMSNorm
@@ -114,9 +114,15 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True,
         untie_head(model)  # stock ops: the head is an XNNPACK linear, which keeps its own copy
     table_scales = None
     if recipe.is_quantized:
-        scales = ptq.optimize(model, recipe, ptq.GRIDS["executorch"], calibration) if recipe.has_int4 else {}
+        weight_only = recipe.weight_bits == 4 and not recipe.dynamic_activations  # int4: our kernel's linears
+        grid = ptq.GRIDS["executorch_kernel" if weight_only else "executorch"]
+        scales = ptq.optimize(model, recipe, grid, calibration) if recipe.has_int4 else {}
         table_scales = scales.pop(model.backbone.embed, None) if shared else None  # the table is ours, not torchao's
-        quantize_for_executorch(model, dataclasses.replace(recipe, embedding_bits=None) if shared else recipe, scales)
+        rest = dataclasses.replace(recipe, embedding_bits=None) if shared else recipe
+        if weight_only:
+            kernel_linears(model, recipe.group_size, scales, grid)
+            rest = dataclasses.replace(rest, weight_bits=None)  # torchao: at most the (untied) table
+        quantize_for_executorch(model, rest, scales)
     if shared:  # one stored table for the lookup and gemma_edge::table_head (export/executorch_table.py)
         share_table(model, recipe.embedding_bits, recipe.group_size, table_scales)
     if ops == "fused":
@@ -124,7 +130,7 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True,
     return model
 
 
-def check_supported(recipe: Recipe) -> None:
+def check_supported(recipe: Recipe, ops: str = "portable") -> None:
     """Refuse recipes this backend cannot realise correctly, before any work is done."""
     if recipe.weight_bits == 16:
         raise ExportError(
@@ -135,15 +141,20 @@ def check_supported(recipe: Recipe) -> None:
         raise ExportError(
             f"recipe {recipe.name} on executorch: with fp32 linears the untied head of a quantized table would be a "
             "weight-only int linear, which XNNPACK mis-lowers (measured on the real Gemma 3 270M: KL 496 against "
-            "eager); use 8da4w or 8da8w with the same +emb suffix"
+            "eager); use int4 (--ops fused), 8da4w or 8da8w with the same +emb suffix"
         )
-    if recipe.weight_bits is not None and not recipe.dynamic_activations:
+    if recipe.weight_bits == 4 and not recipe.dynamic_activations and ops != "fused":
         raise ExportError(
-            f"recipe {recipe.name} on executorch: weight-only int{recipe.weight_bits} linears are mis-lowered by "
+            f"recipe {recipe.name} on executorch: weight-only int4 linears run on gemma_edge's own kernel "
+            "(XNNPACK has none with fp32 activations): use --ops fused, or 8da4w (int8 dynamic activations)"
+        )
+    if recipe.weight_bits == 8 and not recipe.dynamic_activations:
+        raise ExportError(
+            f"recipe {recipe.name} on executorch: weight-only int8 linears are mis-lowered by "
             "XNNPACK in executorch 1.5.1 with torchao 0.18 (its partitioner takes a dequantized weight with fp32 "
             "activations for a statically quantized linear; one linear, measured: max error ~1e3 against eager), "
-            "and without XNNPACK torchao's dequantize_affine has no ExecuTorch kernel; use 8da8w (int8 weights) or "
-            "8da4w (int4 weights), optionally +emb8/+emb4"
+            "and without XNNPACK torchao's dequantize_affine has no ExecuTorch kernel; use 8da8w (int8 weights), "
+            "8da4w, or int4 with --ops fused"
         )
 
 

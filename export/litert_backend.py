@@ -107,7 +107,7 @@ QUANT = {  # recipe base -> what ai-edge-quantizer makes of it
 DYNAMIC = ("8da8w", "int4", "8da4w")  # activations quantized to int8 on the fly by the kernels
 
 
-def check_supported(recipe: Recipe) -> None:
+def check_supported(recipe: Recipe, ops: str = "portable") -> None:
     if recipe.embedding_bits is not None:
         raise ExportError(
             f"recipe {recipe.name} on litert: ai-edge-quantizer quantizes the embedding lookup with the "

@@ -118,7 +118,7 @@ def gqa_fits(cfg) -> bool:
     return cfg.causal and cfg.head_dim % 16 == 0
 
 
-def check_supported(recipe: Recipe) -> None:
+def check_supported(recipe: Recipe, ops: str = "portable") -> None:
     if recipe.weight_bits == 16:
         raise ExportError(
             f"recipe {recipe.name} on onnx: fp16 weights are a LiteRT recipe here (MatMulNBits stores 4 or 8 "

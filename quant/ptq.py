@@ -61,6 +61,8 @@ GRIDS = {
     # ai-edge-quantizer's own rule (scale = absmax / 7) leaves -8 unused; our codes and scales
     # reach the file through its dequantized_weight_recovery, which keeps the whole -8..7 range.
     "litert": Grid(-8, 7, torch.bfloat16, 7.0, unit_step=True),
+    # ExecuTorch's weight-only int4 through our own kernel (export/executorch_table.py): fp16 scales.
+    "executorch_kernel": Grid(-8, 7, torch.float16, 7.5),
 }
 
 

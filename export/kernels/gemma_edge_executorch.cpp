@@ -398,9 +398,29 @@ Tensor& table_head_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor&
     for (int64_t g = 0; g < G; ++g)
       for (int64_t i = 0; i < gs; ++i) xsum[m * G + g] += xd[m * K + g * gs + i];
   const void* wd = weight.const_data_ptr();
-  // Rows in blocks (each block reads its slice of the table once for every x row).
+  // Rows in blocks (each block reads its slice of the table once for every x row). With several x
+  // rows (prefill) a quantized row is dequantized once into fp32 and dotted with each of them.
   executorch::extension::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(q && M > 1 ? K : 0);
     for (int64_t n = begin; n < end; ++n) {
+      if (q && M > 1) {
+        for (int64_t g = 0; g < G; ++g) {
+          const float s = half_to_float(sd[n * G + g]);
+          for (int64_t i = 0; i < gs; ++i) {
+            const int64_t c = g * gs + i;
+            float code;
+            if (bits == 4) {
+              const uint8_t b = static_cast<const uint8_t*>(wd)[n * (K / 2) + c / 2];
+              code = static_cast<float>((c % 2 == 0 ? b >> 4 : b & 0x0f)) - 8.f;
+            } else {
+              code = static_cast<float>(static_cast<const int8_t*>(wd)[n * K + c]);
+            }
+            row[c] = code * s;
+          }
+        }
+        for (int64_t m = 0; m < M; ++m) od[m * N + n] = row_dot_f32(row.data(), xd + m * K, K);
+        continue;
+      }
       for (int64_t m = 0; m < M; ++m) {
         const float* xm = xd + m * K;
         float v;

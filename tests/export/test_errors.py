@@ -74,9 +74,10 @@ def test_unsupported_recipe_leaves_nothing(tmp_path):
         export(model, "executorch", "int3", 32, "portable", tmp_path / "a", progress=lambda m: None)
     with pytest.raises(InputError, match="no linear layer has in_features divisible by group size 48"):
         export(model, "executorch", "8da4w", 32, "portable", tmp_path / "a", group_size=48, progress=lambda m: None)
-    for weight_only in ("int8", "int4+emb4"):
-        with pytest.raises(ExportError, match=r"weight-only int[48] linears are mis-lowered by XNNPACK"):
-            export(model, "executorch", weight_only, 32, "portable", tmp_path / "a", progress=lambda m: None)
+    with pytest.raises(ExportError, match=r"weight-only int8 linears are mis-lowered by XNNPACK"):
+        export(model, "executorch", "int8", 32, "fused", tmp_path / "a", progress=lambda m: None)
+    with pytest.raises(ExportError, match=r"int4\+emb4 on executorch: weight-only int4 .* use --ops fused"):
+        export(model, "executorch", "int4+emb4", 32, "portable", tmp_path / "a", progress=lambda m: None)
     for backend in ("executorch", "onnx"):
         with pytest.raises(ExportError, match=rf"recipe fp16 on {backend}: fp16 weights are a LiteRT recipe"):
             export(model, backend, "fp16", 32, "portable", tmp_path / "a", progress=lambda m: None)

@@ -14,6 +14,7 @@ FAST = [(p, "fp32", "portable") for p in [*CAUSAL_PRESETS, "tiny-embeddinggemma"
     ("tiny-gemma2", "fp32", "fused"),
     ("tiny-recurrentgemma", "fp32", "fused"),
     ("tiny-gemma3", "8da4w+emb4", "fused"),
+    ("tiny-gemma3", "int4+emb4", "fused"),
 ]
 FULL = [
     (p, r, o)
@@ -25,6 +26,8 @@ FULL = [
     ("tiny-gemma2", "8da4w+emb8", "portable"),
     ("tiny-recurrentgemma", "8da4w+emb4", "fused"),
     ("tiny-gemma3", "8da8w", "fused"),
+    ("tiny-recurrentgemma", "int4", "fused"),
+    ("tiny-embeddinggemma", "int4", "fused"),
 ]
 
 
@@ -176,6 +179,27 @@ def test_fused_pte_stores_the_tied_table_once(artifact):
     assert table < size["fused"] < size["portable"] - 0.8 * table, (size, table)
     prog = deserialize_pte_binary(pte["fused"].read_bytes())
     assert any("table_head" in op.name for op in getattr(prog, "program", prog).execution_plan[0].operators)
+
+
+def test_int4_linears_run_on_the_kernel_with_fp32_activations(artifact):
+    """``int4`` (fused): every linear is gemma_edge::table_head over 4-bit codes with fp16 scales (no
+    XNNPACK dynamic quantization); the artifact computes what the eager weight-only model computes
+    (lowering KL at fp32 round-off, far under 8da4w's dynamic-activation noise), and the file holds
+    the linears at 4 bits."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    d = artifact("tiny-gemma3", "int4+emb4", "fused")
+    m = checked_manifest(d, "executorch", "int4+emb4")
+    assert m["parity"]["results"]["lowering"]["kl"] < 1e-8
+    prog = deserialize_pte_binary((d / "model.pte").read_bytes())
+    plan = getattr(prog, "program", prog).execution_plan[0]
+    calls = [plan.operators[i.instr_args.op_index].name for i in plan.chains[0].instructions
+             if hasattr(i.instr_args, "op_index")]  # fmt: skip
+    assert not any("choose_qparams" in n for n in calls), calls
+    cfg = models.build("tiny-gemma3").config
+    assert calls.count("gemma_edge::table_head") == 4 * cfg.num_layers + 1  # qkv, o, gate/up, down; the head
+    da4w = artifact("tiny-gemma3", "8da4w+emb4", "fused") / "model.pte"  # XNNPACK's 4-bit linears
+    assert (d / "model.pte").stat().st_size < 1.1 * da4w.stat().st_size
 
 
 def test_xnnpack_8da4w_linear_is_the_eager_linear_on_real_activations(tmp_path):
