@@ -159,21 +159,14 @@ def share_table(model: nn.Module, bits: int | None, group_size: int, scales: tor
     model.lm_head = TableHead(table)
 
 
-class KernelLinear(nn.Module):
+class KernelLinear(TableHead):
     """A bias-free linear with int4 weights in groups (fp16 scales), computed by
-    ``gemma_edge::table_head`` with fp32 activations; eager: ``F.linear`` on the dequantized weight."""
+    ``gemma_edge::table_head`` with fp32 activations (TableHead's forward over its own table)."""
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, group_size: int) -> None:
-        super().__init__()
         w, s = pack_table(weight, 4, group_size, scales)
+        super().__init__(_Table(w, s, 4))
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        self.table = _Table(w, s, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.table
-        if not torch.compiler.is_exporting():
-            return F.linear(x, t.values())
-        return torch.ops.gemma_edge.table_head(x, t.weight, t.scales, 4)
 
 
 def kernel_linears(model: nn.Module, group_size: int, scales: dict, grid) -> int:
