@@ -7,7 +7,6 @@ them, so a tampered or truncated artifact is refused with the file named.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,22 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from gemma_edge.models.errors import ArtifactError
+from gemma_edge.runtime_py.manifest import FORMAT_VERSION, MANIFEST, REQUIRED, read_manifest, sha256_file
 
 __all__ = [
     "FORMAT_VERSION", "MANIFEST", "REQUIRED", "sha256_file", "staging_dir", "clean_stale_staging", "write_manifest",
     "read_manifest",
 ]  # fmt: skip
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -79,6 +68,7 @@ def staging_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
         raise ArtifactError(f"output directory {str(out_dir)!r} is the current directory or above it: name a new one")
     if out_dir.exists() and not overwrite:
         raise ArtifactError(f"output directory {out_dir} already exists (pass overwrite to replace it)")
+    made = [q for q in [out_dir.parent, *out_dir.parent.parents] if not q.exists()]  # deepest first
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(out_dir)
@@ -104,6 +94,11 @@ def staging_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
                 raise ArtifactError(f"{out_dir} appeared while this export ran; not replaced ({e.strerror})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for q in made:  # parents this export created, unless something else was put there meanwhile
+            try:
+                q.rmdir()
+            except OSError:
+                break
         raise
 
 
@@ -113,54 +108,3 @@ def write_manifest(d: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     manifest = {"format_version": FORMAT_VERSION, **manifest, "files": files}
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
-
-
-# What a runtime reads from a manifest: refused up front when missing, not as a KeyError later.
-REQUIRED = {"format_version": int, "backend": str, "model_file": str, "files": dict, "config": dict,
-            "max_seq_len": int, "special_tokens": dict, "methods": dict, "recipe": dict, "ops": str}  # fmt: skip
-
-
-def read_manifest(d: Path, *, check_files: bool = True) -> dict[str, Any]:
-    """The manifest of artifact directory ``d``, with its required keys checked and (by default)
-    every file checked against its sha256: the model file, and every other file in the directory
-    a runtime could open (all must be listed; hidden files aside)."""
-    d = Path(d)
-    if not d.is_dir():
-        raise ArtifactError(f"artifact directory {d} does not exist")
-    f = d / MANIFEST
-    if not f.is_file():
-        raise ArtifactError(f"{d} is not an artifact: {MANIFEST} is missing")
-    try:
-        m = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{f} is not valid JSON: {e}") from None
-    if not isinstance(m, dict):
-        raise ArtifactError(f"{f}: expected a JSON object, got {type(m).__name__}")
-    if m.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{f}: format_version {m.get('format_version')!r}, this gemma-edge reads {FORMAT_VERSION}")
-    missing = [k for k in REQUIRED if k not in m]
-    if missing:
-        raise ArtifactError(f"{f}: missing required keys {', '.join(missing)}")
-    wrong = [f"{k} ({type(m[k]).__name__}, expected {t.__name__})" for k, t in REQUIRED.items()
-             if not isinstance(m[k], t) or (t is int and isinstance(m[k], bool))]  # fmt: skip
-    if wrong:
-        raise ArtifactError(f"{f}: wrong types: {', '.join(wrong)}")
-    files = m["files"]
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        raise ArtifactError(f"{f}: 'files' must map file names to sha256 hex digests")
-    if m["model_file"] not in files:
-        raise ArtifactError(f"{f}: model_file {m['model_file']!r} is not in 'files', so it would not be hashed")
-    if check_files:
-        unlisted = sorted(p.name for p in d.iterdir() if p.is_file() and p.name != MANIFEST
-                          and not p.name.startswith(".") and p.name not in files)  # fmt: skip
-        if unlisted:
-            raise ArtifactError(f"{d}: files not in the manifest (not hashed, refused): {', '.join(unlisted)}")
-        for name, digest in files.items():
-            p = d / name
-            if Path(name).name != name:
-                raise ArtifactError(f"{f}: 'files' names {name!r}, which is not a file of the artifact directory")
-            if not p.is_file():
-                raise ArtifactError(f"artifact file {p} is missing")
-            if sha256_file(p) != digest:
-                raise ArtifactError(f"artifact file {p} does not match its sha256 in {MANIFEST}: tampered or truncated")
-    return m

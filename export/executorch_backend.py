@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.export import Dim, export
 
-from gemma_edge.export import kernels  # noqa: F401  (.out variants the emitter substitutes in fused mode)
+from gemma_edge.export import executorch_ops  # noqa: F401  (.out variants the emitter substitutes in fused mode)
 from gemma_edge.export.executorch_table import kernel_linears, share_table
 from gemma_edge.models import CausalLM, Encoder, fuse_projections, untie_head, use_custom_ops
 from gemma_edge.models.errors import ExportError

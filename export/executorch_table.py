@@ -2,7 +2,7 @@
 
 XNNPACK packs every linear weight it delegates into its own blob, so a tied head handed to it
 stores the table a second time (the lookup cannot read XNNPACK's copy). In fused mode the head is
-instead ``gemma_edge::table_head``, a kernel of ours (export/kernels) that reads the very tensors
+instead ``gemma_edge::table_head``, a kernel of ours (runtime_py/kernels) that reads the very tensors
 the lookup reads:
 
 - ``+emb4``: codes -8..7 packed two per byte as ``quantized_decomposed::embedding_4bit`` takes them

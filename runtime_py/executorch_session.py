@@ -17,7 +17,7 @@ class ExecuTorchSession(Session):
         from executorch.runtime import Runtime
 
         if manifest.get("ops") == "fused":
-            from gemma_edge.export.kernels import load_executorch_kernels
+            from gemma_edge.runtime_py.kernels import load_executorch_kernels
 
             load_executorch_kernels()
         Runtime.get()

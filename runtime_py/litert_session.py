@@ -58,9 +58,10 @@ class LiteRTSession(Session):
             self.max_len = methods["embed"]["inputs"][0]["shape"][1]
 
     def reset(self) -> None:
-        super().reset()
-        if self.config.causal:
-            self.state_at = None
+        with self.lock:  # the position and the held state change together
+            super().reset()
+            if self.config.causal:
+                self.state_at = None
 
     def _run(self, name: str, tokens: np.ndarray, start: int) -> np.ndarray:
         sg, ins, outs = self.sigs[name]

@@ -25,8 +25,6 @@ class OnnxSession(Session):
     def _load(self) -> None:
         import onnxruntime as ort
 
-        from gemma_edge.export.onnx_backend import state_names
-
         opts = ort.SessionOptions()
         if self.threads:
             opts.intra_op_num_threads = self.threads
@@ -37,11 +35,14 @@ class OnnxSession(Session):
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise ArtifactError(f"ONNX Runtime could not load {path}: {e}") from None
         if self.config.causal:
-            shapes = {i["name"]: i["shape"] for i in self.manifest["methods"]["forward"]["inputs"]}
+            sig = self.manifest["methods"]["forward"]
+            shapes = {i["name"]: i["shape"] for i in sig["inputs"]}
+            # The state tensors follow input_ids / attention_mask and logits, paired in order.
+            pairs = [(i["name"], o["name"]) for i, o in zip(sig["inputs"][2:], sig["outputs"][1:])]
             self.io = self.sess.io_binding()
             self.io.bind_output("logits")  # first, so it is get_outputs()[0]
             self.state = {}
-            for past, present in state_names(self.config):
+            for past, present in pairs:
                 v = ort.OrtValue.ortvalue_from_numpy(np.zeros(shapes[past], dtype=np.float32))
                 self.state[past] = v
                 self.io.bind_ortvalue_input(past, v)

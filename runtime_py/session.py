@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gemma_edge.export.artifact import read_manifest
 from gemma_edge.models import ModelConfig, Tokenizer
 from gemma_edge.models.errors import ArtifactError, InputError
 
+from .manifest import read_manifest
 from .sampling import Sampler
 
 __all__ = ["Session", "load", "import_runtime", "register_session"]

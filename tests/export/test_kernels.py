@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.export import Dim, export
 
-from gemma_edge.export.kernels import load_executorch_kernels
+from gemma_edge.export import executorch_ops  # noqa: F401  (the .out schemas the emitter substitutes)
 from gemma_edge.models import ops
+from gemma_edge.runtime_py.kernels import load_executorch_kernels
 
 G = torch.Generator().manual_seed(0)
 

@@ -48,6 +48,13 @@ def test_staging_dirs_of_killed_exports_are_removed(tmp_path):
     assert _leftovers(tmp_path, "a") == [alive.name]
 
 
+def test_a_failed_export_leaves_no_parent_it_created(tmp_path):
+    with pytest.raises(RuntimeError):
+        with staging_dir(tmp_path / "new" / "deeper" / "a"):
+            raise RuntimeError("export failed")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_artifact_dir_takes_the_umask(tmp_path):
     old = os.umask(0o027)
     try:
@@ -85,11 +92,12 @@ def _wait_for_staging(parent: Path, name: str, proc, timeout: float = 120) -> No
         time.sleep(0.05)
 
 
-def test_sigterm_mid_export_cleans_up(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_export_cleans_up(tmp_path, sig):
     out = tmp_path / "a"
     proc = subprocess.Popen(_export_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_staging(tmp_path, "a", proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert not out.exists() and not _leftovers(tmp_path, "a")
@@ -100,10 +108,15 @@ def test_sigkill_at_random_points_twenty_times(tmp_path):
     """The target is absent or a complete, loadable artifact; the next export cleans up."""
     from gemma_edge.runtime_py import load
 
-    out, rng = tmp_path / "a", random.Random(0)
-    for _ in range(20):
+    out, rng, mid = tmp_path / "a", random.Random(0), 0
+    for i in range(20):
         proc = subprocess.Popen(_export_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 12.0))
+        if i % 2:  # half the kills land while the artifact is being written, at a random point of it
+            _wait_for_staging(tmp_path, "a", proc)
+            time.sleep(rng.uniform(0.0, 4.0))
+        else:  # the other half anywhere from start-up to after the end
+            time.sleep(rng.uniform(0.5, 12.0))
+        mid += bool(_leftovers(tmp_path, "a")) and proc.poll() is None
         proc.kill()
         proc.wait()
         if out.exists():
@@ -111,5 +124,22 @@ def test_sigkill_at_random_points_twenty_times(tmp_path):
             import shutil
 
             shutil.rmtree(out)
+    assert mid >= 8, f"only {mid} of 20 kills hit an export while it was staging"
     subprocess.run(_export_cmd(out), check=True, capture_output=True)
     assert load(out) and not _leftovers(tmp_path, "a")
+
+
+def test_two_exports_to_the_same_output_at_once(tmp_path):
+    """Two real export processes, one -o, no --overwrite: one artifact, the other process refused."""
+    from gemma_edge.runtime_py import load
+
+    out = tmp_path / "a"
+    procs = [subprocess.Popen(_export_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    err = next(e for rc, e in results if rc == 2)
+    assert ("appeared while this export ran" in err or "already exists" in err) and "Traceback" not in err
+    load(out).generate([2, 3], max_new_tokens=2)
+    assert not _leftovers(tmp_path, "a")

@@ -119,3 +119,12 @@ def test_not_a_gguf_file(tmp_path):
     f.write_bytes(b"not a model at all")
     with pytest.raises(CheckpointError, match="neither a directory nor a GGUF file"):
         models.load(f)
+
+
+def test_gguf_with_non_finite_weights_is_refused(tiny, tmp_path):
+    model, tok = tiny
+    with torch.no_grad():
+        model.backbone.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    f = write_gguf(model, tok, tmp_path / "m.gguf", arch="gemma3", quantize=False)
+    with pytest.raises(CheckpointError, match=r"non-finite.*blk\.0\.ffn_down\.weight"):
+        models.load(f)

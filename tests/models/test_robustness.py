@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from gemma_edge import models
-from gemma_edge.export.artifact import read_manifest
 from gemma_edge.models import CheckpointError, ConfigError, GemmaEdgeError
 from gemma_edge.models.checkpoint import safetensors_header
 from gemma_edge.models.hf_config import config_from_hf
+from gemma_edge.runtime_py.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,9 @@ def hf_config(hf_causal):
     [
         ({"sliding_window": 0}, "sliding_window must be >= 1, got 0"),
         ({"vocab_size": 512.7}, "vocab_size must be an integer, got 512.7"),
-        ({"vocab_size": None}, "missing required key 'vocab_size'"),
+        ({"vocab_size": None}, "vocab_size must be an integer, got null"),
+        ({"sliding_window": None}, "sliding_window must be an integer, got null"),  # not the default 4096
+        ({"head_dim": None}, "head_dim must be an integer, got null"),
         ({"hidden_size": "64"}, "hidden_size must be an integer, got '64'"),
         ({"num_hidden_layers": True}, "num_hidden_layers must be an integer, got True"),
         ({"rope_parameters": [1, 2]}, "rope_parameters must be an object"),
@@ -108,9 +110,11 @@ _FUZZ = settings(
                             "max_position_embeddings", "query_pre_attn_scalar", "final_logit_softcapping",
                             "model_type", "num_key_value_heads", "intermediate_size"]),
        value=_json)  # fmt: skip
-def test_fuzzed_config_only_raises_config_error(hf_config, key, value):
+def test_fuzzed_config_only_raises_config_error(tmp_path_factory, hf_config, key, value):
+    d = tmp_path_factory.mktemp("cfg")  # a config.json file on disk, read as a checkpoint's
+    (d / "config.json").write_text(json.dumps({**hf_config, key: value}))
     try:
-        cfg = config_from_hf({**hf_config, key: value}, where="c.json")
+        cfg = models.read_config(d)
     except ConfigError:
         return
     if models.param_counts(cfg)["total"] < 2e7:  # what loaded must also build (absurd sizes aside)
@@ -138,8 +142,11 @@ def test_fuzzed_manifest_only_raises_artifact_error(tmp_path_factory, edits):
 
     d = tmp_path_factory.mktemp("m")
     (d / "model.onnx").write_bytes(b"x")
-    base = {"format_version": 1, "backend": "onnx", "model_file": "model.onnx", "files": {}, "config": {},
-            "max_seq_len": 8, "special_tokens": {}, "methods": {}, "recipe": {}, "ops": "portable"}  # fmt: skip
+    # A valid manifest (read_manifest accepts it), so the edits reach every check, hashing included.
+    digest = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"  # sha256 of b"x"
+    base = {"format_version": 1, "backend": "onnx", "model_file": "model.onnx", "files": {"model.onnx": digest},
+            "config": models.get_preset("tiny-gemma3").to_dict(), "max_seq_len": 8, "special_tokens": {"eos": [1]},
+            "methods": {}, "recipe": {"name": "fp32"}, "ops": "portable"}  # fmt: skip
     (d / "manifest.json").write_text(json.dumps({**base, **edits}))
     try:
         read_manifest(d)
