@@ -152,7 +152,7 @@ def export(
     if ort_format and backend != "onnx":
         raise InputError(f"ort_format is an ONNX Runtime option; backend is {backend!r}")
     if rec.embedding_bits is not None and not cfg.causal:
-        base = rec.name.split("+")[0]
+        base = rec.base
         raise ExportError(f"recipe {rec.name}: embedding quantization is for causal LMs (EmbeddingGemma: use {base})")
     if not 0 < max_seq_len <= cfg.max_seq_len:
         raise InputError(f"max_seq_len must be in 1..{cfg.max_seq_len} for this model, got {max_seq_len}")
@@ -229,7 +229,7 @@ def run_verify(artifact_dir: Path, model: nn.Module, rec: Recipe, backend: str, 
     from gemma_edge.runtime_py.verify import causal_parity, check, effective_limits, encoder_parity, thresholds_for
 
     cfg = model.config
-    base = rec.name.split("+")[0]
+    base = rec.base
     if rec.is_quantized:
         lowering = (
             eager_quantized if eager_quantized is not None else _eager_quantized(model, rec, backend, artifact_dir)

@@ -191,7 +191,7 @@ def eager_quantized(model: nn.Module, recipe: Recipe, artifact_dir: Path) -> nn.
     if model.config.causal:
         untie_head(model)  # the head reads the same quantized table, then its input is quantized
     found = _artifact_weights(artifact_dir / MODEL_FILE)
-    dynamic = recipe.name.split("+")[0] in DYNAMIC
+    dynamic = recipe.base in DYNAMIC
     targets = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
     with torch.no_grad():
         for m in targets:
@@ -217,7 +217,7 @@ def _quantize(path: Path, recipe: Recipe) -> dict:
     from ai_edge_quantizer import quantizer
     from ai_edge_quantizer import recipe as aeq
 
-    base = recipe.name.split("+")[0]
+    base = recipe.base
     if base == "fp16":
         from ai_edge_quantizer import qtyping, recipe_manager
 
@@ -328,7 +328,7 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
         outs = wrapper(**kwargs)
         methods[name] = {"inputs": _spec(kwargs), "outputs": _spec(outs)}
     if recipe.is_quantized:
-        progress(f"ai-edge-quantizer: {QUANT[recipe.name.split('+')[0]]}")
+        progress(f"ai-edge-quantizer: {QUANT[recipe.base]}")
         layout = _quantize(path, recipe)
         for m in methods.values():
             m["quantization"] = layout

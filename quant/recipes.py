@@ -30,6 +30,11 @@ class Recipe:
     ptq: str = "rtn"  # how 4-bit codes are chosen: rtn | mse | gptq (quant/ptq.py); rtn without 4-bit parts
 
     @property
+    def base(self) -> str:
+        """The weight part of the name ("8da4w" of "8da4w+emb4"), which thresholds and handlers key on."""
+        return self.name.split("+")[0]
+
+    @property
     def has_int4(self) -> bool:
         return self.weight_bits == 4 or self.embedding_bits == 4
 

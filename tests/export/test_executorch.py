@@ -202,6 +202,34 @@ def test_int4_linears_run_on_the_kernel_with_fp32_activations(artifact):
     assert (d / "model.pte").stat().st_size < 1.1 * da4w.stat().st_size
 
 
+def test_tanh_gelu_survives_xnnpack_lowering(tmp_path):
+    """XNNPACK's partitioner runs aten.gelu as the erf form whatever ``approximate`` says; the
+    backend spells Gemma's tanh GELU out first (export/executorch_backend.py: decompose_gelu)."""
+    import torch.nn.functional as F
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+    from torch.export import export as texport
+
+    from gemma_edge.export.executorch_backend import decompose_gelu
+
+    class Gelu(torch.nn.Module):
+        def forward(self, x):
+            return F.gelu(x, approximate="tanh")
+
+    x = torch.linspace(-6, 6, 4096).reshape(1, 4096)
+    want = F.gelu(x, approximate="tanh")
+    err = {}
+    for name, fix in (("stock", lambda ep: ep), ("ours", decompose_gelu)):
+        ep = fix(texport(Gelu(), (x,)))
+        et = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+        (tmp_path / f"{name}.pte").write_bytes(et.buffer)
+        out = Runtime.get().load_program(str(tmp_path / f"{name}.pte")).load_method("forward").execute([x])[0]
+        err[name] = (out - want).abs().max().item()
+    assert err["ours"] < 5e-6, err
+    assert err["stock"] > 1e-4, err  # the upstream behaviour this works around (executorch 1.5.1)
+
+
 def test_xnnpack_8da4w_linear_is_the_eager_linear_on_real_activations(tmp_path):
     """The ExecuTorch lowering error on the real model is not a kernel difference: one 8da4w linear
     of the real Gemma 3 270M (layer 0's fused q/k/v, inputs with outliers from the real model's
