@@ -60,5 +60,8 @@ class LiteRTBackend(Backend):
                      metadata=req.metadata, recipe=req.recipe, out=req.out, progress=progress)  # fmt: skip
 
     def lowering_reference(self, model, recipe, ops, artifact_dir, prepared=None, calibration=None):
-        """Quantization happens after lowering: the artifact's own weights, read back (reference.py)."""
-        return eager_quantized(prepared.model if prepared is not None else model, recipe, artifact_dir)
+        """Quantization happens after lowering: the artifact's own weights, read back (reference.py),
+        into the prepared model (whose norms carry the smoothing scales)."""
+        if prepared is None:
+            prepared = self.prepare(model, recipe, ops, calibration=calibration)
+        return eager_quantized(prepared.model, recipe, artifact_dir)

@@ -11,6 +11,7 @@ from gemma_edge.models.attention import Attention
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.recurrent import RGLRU
 from gemma_edge.quant import Recipe, ptq
+from gemma_edge.quant.smooth import smooth_pre_norms
 
 
 def _composite_attention(q, k, v, q_pos, k_pos, window, scale, softcap, causal):
@@ -35,6 +36,9 @@ def _composite_rg_lru(x, gxw, gxb, gaw, gab, a_param, pos, h0, c):
     return y, h
 
 
+SMOOTH_ALPHA = 0.5  # SmoothQuant's default migration strength
+
+
 def check_supported(recipe: Recipe, ops: str = "portable") -> None:
     if recipe.embedding_bits is not None:
         raise ExportError(
@@ -52,9 +56,13 @@ def prepare(model: nn.Module, recipe: Recipe, ops_mode: str, copy_model: bool = 
     Quantization happens on the flatbuffer after conversion (``lower``); for 4-bit recipes the
     weights (the table included, which ai-edge-quantizer also quantizes) are first snapped to codes
     chosen by ``recipe.ptq`` on LiteRT's blockwise grid (-8..7, bf16 scales), which ai-edge-quantizer
-    then reads back exactly (_int4_recipe)."""
+    then reads back exactly (_int4_recipe). Before that, with calibration text, the pre-norms take
+    SmoothQuant scales (quant/smooth.py): LiteRT's int4 kernels quantize each activation row to int8
+    on the fly. Measured eager on the real 270M (Hamlet 8 x 512, GPTQ): 1.165x -> 1.138x fp32 PPL."""
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     if recipe.weight_bits == 4:
+        if calibration:
+            smooth_pre_norms(model, calibration, alpha=SMOOTH_ALPHA)
         ptq.optimize(model, recipe, ptq.GRIDS["litert"], calibration, table=True)
     for m in model.modules():
         if isinstance(m, Attention):

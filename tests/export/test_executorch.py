@@ -248,6 +248,7 @@ def test_xnnpack_8da4w_linear_is_the_eager_linear_on_real_activations(tmp_path):
 
     from gemma_edge import fixtures
     from gemma_edge.export import executorch_backend as eb
+    from gemma_edge.export.executorch_backend.lower import _partitioners
     from gemma_edge.quant import parse_recipe
 
     src = fixtures.real_gemma3_270m()
@@ -275,7 +276,7 @@ def test_xnnpack_8da4w_linear_is_the_eager_linear_on_real_activations(tmp_path):
 
     ep = torch.export.export(One(), (x[:, :2],), dynamic_shapes=({1: Dim("T", min=1, max=32)},), strict=False)
     cc = EdgeCompileConfig(_check_ir_validity=False)
-    edge = to_edge_transform_and_lower({"forward": ep}, partitioner=eb._partitioners(rec), compile_config=cc)
+    edge = to_edge_transform_and_lower({"forward": ep}, partitioner=_partitioners(rec), compile_config=cc)
     et = edge.to_executorch()
     method = Runtime.get().load_program(et.buffer).load_method("forward")
     with torch.no_grad():
