@@ -34,7 +34,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 OUT = HERE / "results" / "quality_gemma3-270m"
 N_PARAMS = 268098176
-OPS = {"executorch": "fused"}  # the tied table stored once needs our kernels (export/executorch_table.py)
+OPS = {"executorch": "fused"}  # the tied table stored once needs our kernels (export/executorch_backend/table.py)
 # backend -> [(recipe, group size)]
 COMBOS = {
     "onnx": [("fp32", 32), ("int8", 32), ("int4+emb4", 32), ("int4+emb4", 64), ("int4", 32), ("8da4w+emb4", 32)],

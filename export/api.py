@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,34 +23,33 @@ from gemma_edge.models.errors import ExportError, InputError
 from gemma_edge.quant import Recipe, parse_recipe
 
 from .artifact import staging_dir, write_manifest
+from .backend import Backend, LowerRequest
 
 __all__ = ["export", "BACKENDS", "OPS_MODES", "default_prefill_chunk", "special_tokens"]
 
 OPS_MODES = ("portable", "fused")
 
 
-def _executorch():
-    from . import executorch_backend as b
+def _executorch() -> Backend:
+    from .executorch_backend import ExecuTorchBackend
 
-    return b
-
-
-def _onnx():
-    from . import onnx_backend as b
-
-    return b
+    return ExecuTorchBackend()
 
 
-def _litert():
-    from . import litert_backend as b
+def _onnx() -> Backend:
+    from .onnx_backend import OnnxBackend
 
-    return b
+    return OnnxBackend()
 
 
-# backend name -> loader of its module, which provides: MODEL_FILE, runtime_version(),
-# check_supported(recipe, ops), prepare(model, recipe, ops, copy_model), lower(model, ...) -> methods;
-# optionally eager_quantized(model, recipe, artifact_dir) when quantization happens after lowering.
-BACKENDS: dict[str, Callable] = {"executorch": _executorch, "onnx": _onnx, "litert": _litert}
+def _litert() -> Backend:
+    from .litert_backend import LiteRTBackend
+
+    return LiteRTBackend()
+
+
+# backend name -> a function returning its Backend (export/backend.py), imported on first use.
+BACKENDS: dict[str, Callable[[], Backend]] = {"executorch": _executorch, "onnx": _onnx, "litert": _litert}
 
 
 def default_prefill_chunk(cfg: ModelConfig, max_seq_len: int) -> int:
@@ -83,16 +83,13 @@ def calibration(cfg: ModelConfig, rec: Recipe, tokenizer_path: Path | None) -> l
 
 
 def _eager_quantized(model: nn.Module, rec: Recipe, backend: str, artifact_dir: Path) -> nn.Module:
-    """The eager model quantized as the backend's runtime runs it: the prepared model (quantized
-    again, with the same calibration), or the backend's ``eager_quantized`` where quantization
-    happens after lowering (LiteRT)."""
-    b = BACKENDS[backend]()
-    if hasattr(b, "eager_quantized"):
-        return b.eager_quantized(model, rec, artifact_dir)
+    """The eager model quantized as the artifact's runtime runs it (Backend.lowering_reference), from
+    the fp32 ``model``, with the calibration and ops mode the export used."""
     tok = artifact_dir / "tokenizer.model"
     calib = calibration(model.config, rec, tok if tok.exists() else None)
     ops = json.loads((artifact_dir / "manifest.json").read_text()).get("ops", "portable")
-    return b.prepare(model, rec, ops if ops in OPS_MODES else "portable", calibration=calib)
+    ops = ops if ops in OPS_MODES else "portable"
+    return BACKENDS[backend]().lowering_reference(model, rec, ops, artifact_dir, calibration=calib)
 
 
 def _verify_tokens(cfg: ModelConfig, max_seq_len: int, tokenizer=None, seed: int = 0) -> list[int]:
@@ -114,6 +111,43 @@ def _verify_text() -> str:
     return files("gemma_edge.runtime_py").joinpath("verify_text.txt").read_text(encoding="utf-8")
 
 
+def _check_request(model: nn.Module, b: Backend, rec: Recipe, max_seq_len: int, ops: str,
+                   prefill_chunk: int | None, tok: Path | None, options: dict) -> int:  # fmt: skip
+    """Refuse what cannot be exported before any work is done; return the prefill chunk."""
+    cfg = model.config
+    if ops not in OPS_MODES:
+        raise InputError(f"unknown ops mode {ops!r}; known: {', '.join(OPS_MODES)}")
+    b.check_supported(rec, ops)
+    b.check_options(options)
+    if rec.embedding_bits is not None and not cfg.causal:
+        raise ExportError(
+            f"recipe {rec.name}: embedding quantization is for causal LMs (EmbeddingGemma: use {rec.base})"
+        )
+    if not 0 < max_seq_len <= cfg.max_seq_len:
+        raise InputError(f"max_seq_len must be in 1..{cfg.max_seq_len} for this model, got {max_seq_len}")
+    chunk = default_prefill_chunk(cfg, max_seq_len) if prefill_chunk is None else prefill_chunk
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 0 < chunk <= max_seq_len:
+        raise InputError(f"prefill_chunk must be in 1..{max_seq_len}, got {chunk}")
+    if tok is not None and not tok.is_file():
+        raise InputError(f"tokenizer file {tok} does not exist")
+    if tok is not None:
+        from gemma_edge.models import Tokenizer
+
+        n = Tokenizer(tok, cfg.family).vocab_size
+        if n > cfg.vocab_size:
+            raise InputError(f"tokenizer {tok} has {n} pieces, more than the model's vocab_size {cfg.vocab_size}")
+    return chunk
+
+
+def _metadata(cfg: ModelConfig, special: dict, chunk: int, max_seq_len: int) -> dict:
+    """The constant methods ExecuTorch's LLM runner reads (recorded by every backend's manifest)."""
+    return {
+        "get_max_seq_len": chunk, "get_max_context_len": max_seq_len, "get_vocab_size": cfg.vocab_size,
+        "get_bos_id": special["bos"], "get_eos_ids": special["eos"], "use_kv_cache": True,
+        "enable_dynamic_shape": chunk > 1,
+    }  # fmt: skip
+
+
 def export(
     model: nn.Module,
     backend: str,
@@ -132,72 +166,45 @@ def export(
     reference: Callable[[], nn.Module] | None = None,
     source: str | None = None,
     progress: Callable[[str], None] = print,
-    ort_format: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> Path:
     """Export ``model`` (an eval fp32 gemma_edge model) to an artifact directory; return its path.
 
     ``inplace=True`` quantizes ``model`` itself instead of a copy, halving peak memory for large
-    models; the caller must not use it afterwards. ``ort_format`` (onnx only) also writes
-    ``model.ort``, the ORT-format model that ONNX Runtime Mobile loads. Verify then needs ``reference``, a function that
-    rebuilds the fp32 model (from a checkpoint, or a preset and seed), called after lowering.
-    """
+    models; the caller must not use it afterwards, and verify then needs ``reference``, a function
+    that rebuilds the fp32 model (from a checkpoint, or a preset and seed), called after lowering.
+    ``options`` are the backend's own (``Backend.options``; onnx: ``ort_format`` also writes
+    ``model.ort``, the ORT-format model that ONNX Runtime Mobile loads)."""
     cfg: ModelConfig = model.config
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    if ops not in OPS_MODES:
-        raise InputError(f"unknown ops mode {ops!r}; known: {', '.join(OPS_MODES)}")
     rec = parse_recipe(recipe, group_size, ptq) if isinstance(recipe, str) else recipe
-    b = BACKENDS[backend]()
-    b.check_supported(rec, ops)
-    if ort_format and backend != "onnx":
-        raise InputError(f"ort_format is an ONNX Runtime option; backend is {backend!r}")
-    if rec.embedding_bits is not None and not cfg.causal:
-        base = rec.base
-        raise ExportError(f"recipe {rec.name}: embedding quantization is for causal LMs (EmbeddingGemma: use {base})")
-    if not 0 < max_seq_len <= cfg.max_seq_len:
-        raise InputError(f"max_seq_len must be in 1..{cfg.max_seq_len} for this model, got {max_seq_len}")
-    chunk = default_prefill_chunk(cfg, max_seq_len) if prefill_chunk is None else prefill_chunk
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 0 < chunk <= max_seq_len:
-        raise InputError(f"prefill_chunk must be in 1..{max_seq_len}, got {chunk}")
+    b, options = BACKENDS[backend](), dict(options or {})
     tok = Path(tokenizer_path) if tokenizer_path else None
-    if tok is not None and not tok.is_file():
-        raise InputError(f"tokenizer file {tok} does not exist")
-    if tok is not None:
-        from gemma_edge.models import Tokenizer
-
-        n = Tokenizer(tok, cfg.family).vocab_size
-        if n > cfg.vocab_size:
-            raise InputError(f"tokenizer {tok} has {n} pieces, more than the model's vocab_size {cfg.vocab_size}")
+    chunk = _check_request(model, b, rec, max_seq_len, ops, prefill_chunk, tok, options)
     if inplace and verify and reference is None:
         raise InputError(
             "inplace=True consumes the fp32 model verify compares against: pass reference= or verify=False"
         )
     special = special_tokens(cfg, tok)
-    metadata = {
-        "get_max_seq_len": chunk, "get_max_context_len": max_seq_len, "get_vocab_size": cfg.vocab_size,
-        "get_bos_id": special["bos"], "get_eos_ids": special["eos"], "use_kv_cache": True,
-        "enable_dynamic_shape": chunk > 1,
-    }  # fmt: skip
+    metadata = _metadata(cfg, special, chunk, max_seq_len)
     timings = {}
     with staging_dir(Path(out_dir), overwrite=overwrite) as d:
         t0 = time.perf_counter()
         progress(f"[1/4] quantize: {rec.name}" + (f" ({rec.ptq})" if rec.has_int4 else "")
                  + (" (nothing to do)" if not rec.is_quantized else ""))  # fmt: skip
-        calib = calibration(cfg, rec, tok)
-        prepared = b.prepare(model, rec, ops, copy_model=not inplace, calibration=calib)
+        prepared = b.prepare(model, rec, ops, copy_model=not inplace, calibration=calibration(cfg, rec, tok))
         timings["quantize_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         progress(f"[2/4] export + lower to {backend} ({ops} ops)")
-        methods = b.lower(
-            prepared, max_seq_len=max_seq_len, prefill_chunk=chunk, metadata=metadata, recipe=rec, out=d,
-            progress=lambda m: progress(f"      {m}"), **({"ort_format": True} if ort_format else {}),
-        )  # fmt: skip
+        req = LowerRequest(max_seq_len, chunk, metadata, rec, d, options)
+        methods = b.lower(prepared, req, progress=lambda m: progress(f"      {m}"))
         timings["lower_s"] = time.perf_counter() - t0
         if tok is not None:
             shutil.copy(tok, d / "tokenizer.model")
         manifest = {
             "family": cfg.family, "config": cfg.to_dict(), "source": source, "backend": backend,
-            "runtime_version": b.runtime_version(), "model_file": b.MODEL_FILE, "recipe": rec.to_dict(),
+            "runtime_version": b.runtime_version(), "model_file": b.model_file, "recipe": rec.to_dict(),
             "ops": ops, "max_seq_len": max_seq_len, "prefill_chunk": chunk, "methods": methods,
             "special_tokens": special, "metadata": metadata, "export_timings": timings, "parity": None,
         }  # fmt: skip
@@ -205,9 +212,7 @@ def export(
         if verify:
             t0 = time.perf_counter()
             progress("[3/4] verify against the eager model")
-            eager_q = None
-            if rec.is_quantized:  # the prepared model is the eager quantized one, unless quantized later
-                eager_q = b.eager_quantized(prepared, rec, d) if hasattr(b, "eager_quantized") else prepared
+            eager_q = b.lowering_reference(model, rec, ops, d, prepared) if rec.is_quantized else None
             fp32 = reference() if inplace else model
             manifest["parity"] = run_verify(d, fp32, rec, backend, eager_quantized=eager_q)
             timings["verify_s"] = time.perf_counter() - t0

@@ -105,7 +105,7 @@ def _do_export(args, source: str, out: Path) -> Path:
         model, args.backend, args.quant, args.max_seq_len, args.ops, out, prefill_chunk=args.prefill_chunk,
         group_size=args.group_size, ptq=args.ptq, tokenizer_path=tok, verify=not args.no_verify,
         overwrite=args.overwrite, inplace=True, reference=reference,
-        source=src, ort_format=args.ort_format,
+        source=src, options={"ort_format": True} if args.ort_format else None,
         progress=lambda m: print(f"{time.perf_counter() - t0:7.1f}s {m}", flush=True),
     )  # fmt: skip
 

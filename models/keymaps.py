@@ -50,9 +50,9 @@ KEYMAPS = {
 _COMPILED = {fam: [(re.compile(p + r"\Z"), t) for p, t in pats] for fam, (pats, _) in KEYMAPS.items()}
 
 
-def hf_key(family: str, ours: str, prefix: str | None = None) -> str:
+def hf_key(family: str, ours: str) -> str:
     """The Hugging Face key that holds our parameter ``ours``."""
-    p = KEYMAPS[family][1] if prefix is None else prefix
+    p = KEYMAPS[family][1]
     for rx, tmpl in _COMPILED[family]:
         m = rx.match(ours)
         if m:

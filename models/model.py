@@ -37,7 +37,7 @@ class Block(nn.Module):
         self.mlp = GeGLU(d, cfg.ffn_dim, cfg.mlp_bias)
         self.post_ffn_norm = RMSNorm(d, eps) if cfg.post_norms else None
 
-    def forward(self, x, pos, state=None, key_mask=None, ctx=None):
+    def forward(self, x, pos, state=None, ctx=None):
         if self.kind == "recurrent":
             h, state = self.temporal(self.pre_norm(x), pos, state)
         else:
@@ -102,7 +102,7 @@ class Backbone(nn.Module):
                 ctx[kind].cos_table, ctx[kind].sin_table = angles.cos(), angles.sin()
         new_state = [] if state is not None else None
         for i, layer in enumerate(self.layers):
-            x, s = layer(x, pos, None if state is None else state[i], key_mask, ctx.get(layer.kind))
+            x, s = layer(x, pos, None if state is None else state[i], ctx.get(layer.kind))
             if new_state is not None:
                 new_state.append(s)
         return self.final_norm(x), new_state

@@ -15,7 +15,7 @@ A Grid is what a backend's kernel computes with: the code range and the precisio
 stored in (XNNPACK's blockwise kernels and LiteRT's blockwise int4 keep bf16-exact scales, our
 MatMulNBits files fp16). The result is the snapped weight s*q, exactly representable on that
 grid, and s; each backend stores q and s in its own format (see quant/torchao_apply.py,
-quant/nbits.py, export/litert_backend.py).
+quant/nbits.py, export/litert_backend/quantize.py).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ GRIDS = {
     # ai-edge-quantizer's own rule (scale = absmax / 7) leaves -8 unused; our codes and scales
     # reach the file through its dequantized_weight_recovery, which keeps the whole -8..7 range.
     "litert": Grid(-8, 7, torch.bfloat16, 7.0, unit_step=True),
-    # ExecuTorch's weight-only int4 through our own kernel (export/executorch_table.py): fp16 scales, the
+    # ExecuTorch's weight-only int4 through our own kernel (export/executorch_backend/table.py): fp16 scales, the
     # ONNX grid. RTN's max/8 also starts the GPTQ scale search: on the real 270M (int4+emb4, Hamlet 8 x 512)
     # it gives 1.146x fp32 perplexity (KL 0.141) where max/7.5 gave 1.152x (KL 0.146).
     "executorch_kernel": Grid(-8, 7, torch.float16, 8.0),

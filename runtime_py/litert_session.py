@@ -43,8 +43,10 @@ class LiteRTSession(Session):
                 self.wrapper.AllocateTensors(sg)
                 view = lambda i, sg=sg: self.wrapper.tensor(self.wrapper, i, sg)  # noqa: E731
                 self.sigs[n] = (sg, {k: view(i) for k, i in r._inputs.items()}, {k: view(i) for k, i in r._outputs})
-            self.prefill_name = next((n for n in sigs if n.startswith("prefill_")), None)
-            self.chunk = int(self.prefill_name.split("_")[1]) if self.prefill_name else 1
+            self.chunk = self.prefill_chunk  # the manifest's; the prefill signature is named after it
+            self.prefill_name = f"prefill_{self.chunk}" if self.chunk > 1 else None
+            if self.prefill_name is not None and self.prefill_name not in sigs:
+                raise ArtifactError(f"{path} has no signature {self.prefill_name} (prefill_chunk {self.chunk})")
             self.state_names = [i["name"] for i in methods["decode"]["inputs"][2:]]
             self.state_at = None  # the signature whose outputs hold the state; None: zeros
             # If the interpreter placed one state input over another state's output, copying in

@@ -32,7 +32,6 @@ from torch import nn
 
 __all__ = [
     "THRESHOLDS", "thresholds_for", "causal_parity", "encoder_parity", "check", "effective_limits", "noise_floor",
-    "ParityFailure",
 ]  # fmt: skip
 
 # (recipe base, backend) -> {comparison: {metric: limit}}; backend "*" is the default.
@@ -60,10 +59,6 @@ THRESHOLDS: dict[tuple[str, str], dict[str, dict[str, float]]] = {
 }
 FLOOR_REL, FLOOR_SEEDS = 1e-6, 2
 FLOOR_FACTOR, FLOOR_TOP1_MARGIN = 2.0, 0.05
-
-
-class ParityFailure(AssertionError):
-    pass
 
 
 def thresholds_for(recipe_base: str, backend: str, causal: bool) -> dict[str, dict[str, float]]:

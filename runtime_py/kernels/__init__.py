@@ -4,7 +4,7 @@ The library is built with CMake against the installed executorch wheel's headers
 package, into a cache directory keyed by the source and the executorch version
 (``$GEMMA_EDGE_CACHE`` or ``~/.cache/gemma_edge``). ``GEMMA_EDGE_EXECUTORCH_KERNELS`` points at a
 prebuilt library instead. The ``.out`` variants of the ops, which ``to_executorch`` substitutes
-for the functional ops when a program is emitted, are export's (export/executorch_ops.py).
+for the functional ops when a program is emitted, are export's (export/executorch_backend/ops.py).
 """
 
 from __future__ import annotations

@@ -85,7 +85,8 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys):
         ("export", "tiny-gemma3", "--quant", "int4", "--group-size", "0", "-o", str(tmp_path / "a")):
             "int4 weights need a group size > 0",
         # checked before the model is fetched or exported (the demo's export takes minutes)
-        ("demo", "tiny-gemma3", "--profile", "pixel-99", "-o", str(tmp_path / "a")): "unknown device profile 'pixel-99'",
+        ("demo", "tiny-gemma3", "--profile", "pixel-99", "-o", str(tmp_path / "a")):
+            "unknown device profile 'pixel-99'",
     }  # fmt: skip
     for argv, msg in cases.items():
         assert main(list(argv)) == 2

@@ -94,7 +94,7 @@ def test_failed_parity_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setitem(verify.THRESHOLDS, ("fp32", "*"), {"reference": {"max_abs": 0.0}})
     model = models.build("tiny-gemma3", seed=0)
     with pytest.raises(ExportError, match=r"failed parity: reference\.max_abs = .*needs <= 0"):
-        export(model, "executorch", "fp32", 32, "portable", tmp_path / "a", prefill_chunk=4, progress=lambda m: None)
+        export(model, "onnx", "fp32", 32, "portable", tmp_path / "a", prefill_chunk=4, progress=lambda m: None)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.export import Dim, export
 
-from gemma_edge.export import executorch_ops  # noqa: F401  (the .out schemas the emitter substitutes)
+from gemma_edge.export.executorch_backend import ops as _out_ops  # noqa: F401  (the .out schemas the emitter substitutes)
 from gemma_edge.models import ops
 from gemma_edge.runtime_py.kernels import load_executorch_kernels
 
@@ -135,7 +135,7 @@ class _Head(torch.nn.Module):
 def test_table_head_kernel_matches_dequantized_matmul(tmp_path, bits, K, group):
     """gemma_edge::table_head (the SIMD path at groups of 32, the portable one otherwise) computes
     x @ dequantized(table)^T, the table stored as ExecuTorch's quantized embedding kernels read it."""
-    from gemma_edge.export.executorch_table import dequantize, pack_table
+    from gemma_edge.export.executorch_backend.table import dequantize, pack_table
 
     N = 300
     w = torch.randn(N, K, generator=G) * torch.rand(N, 1, generator=G)

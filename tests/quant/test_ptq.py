@@ -4,6 +4,7 @@ lower output error than both on correlated inputs."""
 import pytest
 import torch
 
+from gemma_edge import models
 from gemma_edge.quant import parse_recipe, ptq
 from gemma_edge.quant.nbits import dequantize_blockwise, quantize_blockwise
 
@@ -81,3 +82,32 @@ def test_litert_codes_are_read_back_exactly_by_ai_edge_quantizer(weight, method)
     assert torch.equal(torch.from_numpy(scales).reshape(s.shape).float(), s)
     codes = q.reshape(48, 4, 32) / s[..., None]
     assert torch.equal(codes, codes.round()) and codes.min() >= -8 and codes.max() <= 7
+
+
+def test_smoothing_keeps_the_fp32_function_and_flattens_the_activations():
+    """quant/smooth.py folds its scales into the pre-norms: the fp32 logits do not move, and the
+    q/k/v input's largest channel comes closer to the rest."""
+    import copy
+
+    from gemma_edge.quant.smooth import smooth_pre_norms
+
+    model = models.build("tiny-gemma3", seed=0).eval()
+    with torch.no_grad():  # an outlier channel, as trained Gemmas have
+        for blk in model.backbone.layers:
+            blk.pre_norm.weight[3] = 40.0
+    ids = torch.randint(3, model.config.vocab_size, (1, 48), generator=torch.Generator().manual_seed(1))
+    smoothed = copy.deepcopy(model)
+    assert smooth_pre_norms(smoothed, ids[0].tolist()) == 2 * len(model.backbone.layers)
+    with torch.no_grad():
+        assert (smoothed(ids) - model(ids)).abs().max() < 1e-4
+
+    def spread(m):
+        seen = []
+        h = m.backbone.layers[0].temporal.q_proj.register_forward_pre_hook(lambda mod, a: seen.append(a[0]))
+        with torch.no_grad():
+            m(ids)
+        h.remove()
+        a = seen[0].abs().reshape(-1, seen[0].shape[-1]).amax(0)
+        return (a.max() / a.median()).item()
+
+    assert spread(smoothed) < 0.5 * spread(model)

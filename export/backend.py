@@ -1,0 +1,79 @@
+"""The backend protocol: what export() asks of ExecuTorch, ONNX and LiteRT, and what it hands them.
+
+A backend is a ``Backend`` subclass (one per folder or module under export/) registered in
+``export.api.BACKENDS``. export() calls, in order: ``check_supported`` (before any work),
+``prepare`` (quantize and adapt a copy of the model; its eager result is the lowering reference
+unless the backend quantizes after lowering), ``lower`` (write the model file(s) into the staging
+directory, return the method signatures) and ``lowering_reference`` (for verify).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+from gemma_edge.models.errors import InputError
+from gemma_edge.quant import Recipe
+
+__all__ = ["Backend", "Prepared", "LowerRequest"]
+
+
+@dataclass
+class Prepared:
+    """A backend's prepared model and what ``lower`` must know of how it was prepared."""
+
+    model: nn.Module
+    notes: dict[str, Any] = field(default_factory=dict)  # e.g. ONNX's quantization layout, for the manifest
+
+
+@dataclass(frozen=True)
+class LowerRequest:
+    """What an artifact is lowered for: positions, prefill chunk, metadata, recipe, destination and
+    the backend's own options (``Backend.options``)."""
+
+    max_seq_len: int
+    prefill_chunk: int
+    metadata: dict
+    recipe: Recipe
+    out: Path
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    model_file: ClassVar[str]
+    options: ClassVar[dict[str, str]] = {}  # option name -> what it does (only this backend takes them)
+
+    @abstractmethod
+    def runtime_version(self) -> str: ...
+
+    @abstractmethod
+    def check_supported(self, recipe: Recipe, ops: str) -> None:
+        """Raise ExportError for a recipe / ops mode this backend cannot realise correctly."""
+
+    @abstractmethod
+    def prepare(self, model: nn.Module, recipe: Recipe, ops: str, *, copy_model: bool = True,
+                calibration: list[int] | None = None) -> Prepared: ...  # fmt: skip
+
+    @abstractmethod
+    def lower(self, prepared: Prepared, req: LowerRequest, progress=lambda msg: None) -> dict:
+        """Write the model file(s) into ``req.out``; return the method signatures for the manifest."""
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            takes = ", ".join(self.options) or "none"
+            raise InputError(f"option(s) {', '.join(unknown)} are not {self.name} options; {self.name} takes: {takes}")
+
+    def lowering_reference(self, model: nn.Module, recipe: Recipe, ops: str, artifact_dir: Path,
+                           prepared: Prepared | None = None, calibration: list[int] | None = None,
+                           ) -> nn.Module:  # fmt: skip
+        """The eager model quantized as the artifact's runtime runs it: by default the prepared
+        model (prepared again from the fp32 ``model`` with the same calibration when not given)."""
+        if prepared is None:
+            prepared = self.prepare(model, recipe, ops, calibration=calibration)
+        return prepared.model

@@ -1,0 +1,67 @@
+"""LiteRT lowering: litert_torch.convert with litert-torch's generative signature conventions.
+
+Causal LMs get signatures ``prefill_{T}`` (T = the prefill chunk) and ``decode`` (T = 1), with inputs
+``tokens`` [1, T] int32, ``input_pos`` [T] int32 and the state as explicit tensors, returned updated
+alongside ``logits`` [1, 1, vocab] (the last position): ``kv_cache_k_{i}`` / ``kv_cache_v_{i}``
+[1, kvH, S, hd] per attention layer (S = window for local layers, a ring; max_seq_len for global
+ones) and ``conv_state_{i}`` / ``rglru_state_{i}`` per recurrent layer. The encoder gets ``embed``
+over ``tokens`` and ``attention_mask`` [1, max_seq_len] int32 (right padding) -> ``embedding``.
+
+``--ops fused`` wraps each of our two ops in a named STABLEHLO_COMPOSITE
+(``gemma_edge.sliding_window_attention``, ``gemma_edge.rg_lru``) whose decomposition is the reference
+math, so the stock interpreter runs it and a delegate can match the name; ``--ops portable`` emits
+TFLite builtins only.
+
+Quantization runs ai-edge-quantizer on the converted flatbuffer: ``int8`` -> weight-only int8 per
+channel, ``int4`` and ``8da4w`` -> dynamic int4 in blocks of the group size (32 or 128; LiteRT's int4
+kernels quantize activations on the fly), ``fp16`` -> fp16 weights.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from ..backend import Backend, LowerRequest, Prepared
+from .lower import lower
+from .prepare import check_supported, prepare
+from .quantize import DYNAMIC, QUANT
+from .reference import _artifact_weights, composite_names, eager_quantized
+from .wrappers import MODEL_FILE, LiteRTCausal, LiteRTEncoder, state_names
+
+__all__ = [
+    "LiteRTBackend", "LiteRTCausal", "LiteRTEncoder", "check_supported", "prepare", "lower", "runtime_version",
+    "state_names", "eager_quantized", "composite_names", "QUANT", "DYNAMIC", "MODEL_FILE", "_artifact_weights",
+]  # fmt: skip
+
+
+# litert-torch names every tensor of the .tflite after the module classes it came from: give the
+# wrappers their public path, so an artifact does not depend on which file of the package holds them.
+LiteRTCausal.__module__ = LiteRTEncoder.__module__ = __name__
+
+
+def runtime_version() -> str:
+    return version("ai-edge-litert")
+
+
+class LiteRTBackend(Backend):
+    name, model_file = "litert", MODEL_FILE
+
+    def runtime_version(self) -> str:
+        return runtime_version()
+
+    def check_supported(self, recipe, ops):
+        check_supported(recipe, ops)
+
+    def prepare(self, model, recipe, ops, *, copy_model=True, calibration=None) -> Prepared:
+        return Prepared(prepare(model, recipe, ops, copy_model=copy_model, calibration=calibration))
+
+    def lower(self, prepared: Prepared, req: LowerRequest, progress=lambda msg: None) -> dict:
+        return lower(prepared.model, max_seq_len=req.max_seq_len, prefill_chunk=req.prefill_chunk,
+                     metadata=req.metadata, recipe=req.recipe, out=req.out, progress=progress)  # fmt: skip
+
+    def lowering_reference(self, model, recipe, ops, artifact_dir, prepared=None, calibration=None):
+        """Quantization happens after lowering: the artifact's own weights, read back (reference.py),
+        into the prepared model (whose norms carry the smoothing scales)."""
+        if prepared is None:
+            prepared = self.prepare(model, recipe, ops, calibration=calibration)
+        return eager_quantized(prepared.model, recipe, artifact_dir)

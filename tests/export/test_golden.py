@@ -1,0 +1,42 @@
+"""Tiny exports are byte-identical to recorded ones: a refactor that changes no numerics changes no
+artifact. The formats are deterministic for a fixed seed (two runs give the same bytes, and ONNX files
+carry no source paths: export/onnx_backend/contrib.py strip_source_metadata), wherever gemma-edge is
+installed; a change that is meant to alter a lowering updates the hash here, in the same commit,
+saying why."""
+
+import hashlib
+import json
+
+import pytest
+
+from gemma_edge import models
+from gemma_edge.export import export
+
+# (backend, preset, recipe, ops) -> sha256 of the model file; recorded 2026-12-03 (executorch 1.5.1,
+# onnx 1.23.2 / onnxscript 0.7.2, litert-torch 0.10, torch 2.13.0), max_seq_len 64, seed 0, no verify.
+GOLDEN = {
+    ("onnx", "tiny-gemma3", "fp32", "portable"): "1c3ba05ba9f5f7087df97acfe922d2dd5787a3d4c887be7e5d6876d4e84bf8a0",
+    ("onnx", "tiny-gemma3", "int4+emb4", "fused"): "8fb1e3b9796867a3add7019c3237f82de531fbee5492d3928cb6dd1261d11e20",
+    ("onnx", "tiny-recurrentgemma", "8da4w", "portable"):
+        "9e4959e219b16dd8e9eeced3aa8079a347af4691d6f79d7ac0460abeb948cfe4",
+    ("litert", "tiny-gemma2", "fp32", "portable"): "895aadfa697a4b9eeb53ef1569e5f945c7d9950df2f460e892850697a92abc2b",
+    # re-recorded with the SmoothQuant scales of LiteRT's 4-bit recipes (quant/smooth.py); was 3de3fe1b...
+    ("litert", "tiny-gemma3", "int4", "fused"): "5aedd41bc17e21b213e1a1cc988dfe3da2baacc1e6145bdf310034e6fc5281c0",
+    ("executorch", "tiny-gemma3", "int4+emb4", "fused"):
+        "271bb0361090e42f3a7578f31e0a4a427f05ec0fce1752b96161aff3a99c9e72",
+}  # fmt: skip
+# The default run checks one export per backend format it can afford (~2 minutes per tiny ExecuTorch
+# export on 2 cores): the others run with `make test-slow`.
+DEFAULT = {("onnx", "tiny-gemma3", "int4+emb4", "fused"), ("litert", "tiny-gemma3", "int4", "fused")}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=[] if c in DEFAULT else [pytest.mark.slow]) for c in GOLDEN], ids=":".join
+)
+def test_tiny_export_is_byte_identical(tmp_path, case):
+    backend, preset, recipe, ops = case
+    d = export(models.build(preset, seed=0), backend, recipe, 64, ops, tmp_path / "a", verify=False,
+               progress=lambda m: None)  # fmt: skip
+    m = json.loads((d / "manifest.json").read_text())
+    got = hashlib.sha256((d / m["model_file"]).read_bytes()).hexdigest()
+    assert got == GOLDEN[case], f"{':'.join(case)} now writes {got}"
