@@ -95,7 +95,10 @@ def _wait_for_staging(parent: Path, name: str, proc, timeout: float = 120) -> No
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_mid_export_cleans_up(tmp_path, sig):
     out = tmp_path / "a"
-    proc = subprocess.Popen(_export_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job (nohup, CI) starts with SIGINT ignored, and Python then keeps it
+    # ignored: give the export the disposition an interactive user's has.
+    proc = subprocess.Popen(_export_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     _wait_for_staging(tmp_path, "a", proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
