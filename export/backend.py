@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 from torch import nn
@@ -19,7 +20,7 @@ from torch import nn
 from gemma_edge.models.errors import InputError
 from gemma_edge.quant import Recipe
 
-__all__ = ["Backend", "Prepared", "LowerRequest"]
+__all__ = ["Backend", "FunctionBackend", "Prepared", "LowerRequest"]
 
 
 @dataclass
@@ -77,3 +78,26 @@ class Backend(ABC):
         if prepared is None:
             prepared = self.prepare(model, recipe, ops, calibration=calibration)
         return prepared.model
+
+
+class FunctionBackend(Backend):
+    """A Backend whose steps are its package's functions (``steps``): ``runtime_version()``,
+    ``check_supported(recipe, ops)``, ``prepare(model, recipe, ops, copy_model=, calibration=)`` ->
+    the prepared nn.Module, and ``lower(model, *, max_seq_len, prefill_chunk, metadata, recipe, out,
+    progress)`` -> the method signatures."""
+
+    steps: ClassVar[SimpleNamespace]
+
+    def runtime_version(self) -> str:
+        return self.steps.runtime_version()
+
+    def check_supported(self, recipe: Recipe, ops: str) -> None:
+        self.steps.check_supported(recipe, ops)
+
+    def prepare(self, model, recipe, ops, *, copy_model=True, calibration=None) -> Prepared:
+        return Prepared(self.steps.prepare(model, recipe, ops, copy_model=copy_model, calibration=calibration))
+
+    def lower(self, prepared: Prepared, req: LowerRequest, progress=lambda msg: None) -> dict:
+        return self.steps.lower(prepared.model, max_seq_len=req.max_seq_len, prefill_chunk=req.prefill_chunk,
+                                metadata=req.metadata, recipe=req.recipe, out=req.out, progress=progress)  # fmt: skip
+

@@ -11,8 +11,9 @@ The encoder gets ``embed(tokens[1, T], attention_mask[1, T]) -> embedding[1, dim
 from __future__ import annotations
 
 from importlib.metadata import version
+from types import SimpleNamespace
 
-from ..backend import Backend, LowerRequest, Prepared
+from ..backend import FunctionBackend
 from .lower import decompose_gelu, lower
 from .prepare import MatmulRMSNorm, check_supported, prepare
 from .wrappers import MODEL_FILE, ExecuTorchCausal, ExecuTorchEncoder
@@ -27,18 +28,8 @@ def runtime_version() -> str:
     return version("executorch")
 
 
-class ExecuTorchBackend(Backend):
+class ExecuTorchBackend(FunctionBackend):
     name, model_file = "executorch", MODEL_FILE
-
-    def runtime_version(self) -> str:
-        return runtime_version()
-
-    def check_supported(self, recipe, ops):
-        check_supported(recipe, ops)
-
-    def prepare(self, model, recipe, ops, *, copy_model=True, calibration=None) -> Prepared:
-        return Prepared(prepare(model, recipe, ops, copy_model=copy_model, calibration=calibration))
-
-    def lower(self, prepared: Prepared, req: LowerRequest, progress=lambda msg: None) -> dict:
-        return lower(prepared.model, max_seq_len=req.max_seq_len, prefill_chunk=req.prefill_chunk,
-                     metadata=req.metadata, recipe=req.recipe, out=req.out, progress=progress)  # fmt: skip
+    steps = SimpleNamespace(
+        runtime_version=runtime_version, check_supported=check_supported, prepare=prepare, lower=lower
+    )

@@ -20,8 +20,9 @@ kernels quantize activations on the fly), ``fp16`` -> fp16 weights.
 from __future__ import annotations
 
 from importlib.metadata import version
+from types import SimpleNamespace
 
-from ..backend import Backend, LowerRequest, Prepared
+from ..backend import FunctionBackend
 from .lower import lower
 from .prepare import check_supported, prepare
 from .quantize import DYNAMIC, QUANT
@@ -43,21 +44,11 @@ def runtime_version() -> str:
     return version("ai-edge-litert")
 
 
-class LiteRTBackend(Backend):
+class LiteRTBackend(FunctionBackend):
     name, model_file = "litert", MODEL_FILE
-
-    def runtime_version(self) -> str:
-        return runtime_version()
-
-    def check_supported(self, recipe, ops):
-        check_supported(recipe, ops)
-
-    def prepare(self, model, recipe, ops, *, copy_model=True, calibration=None) -> Prepared:
-        return Prepared(prepare(model, recipe, ops, copy_model=copy_model, calibration=calibration))
-
-    def lower(self, prepared: Prepared, req: LowerRequest, progress=lambda msg: None) -> dict:
-        return lower(prepared.model, max_seq_len=req.max_seq_len, prefill_chunk=req.prefill_chunk,
-                     metadata=req.metadata, recipe=req.recipe, out=req.out, progress=progress)  # fmt: skip
+    steps = SimpleNamespace(
+        runtime_version=runtime_version, check_supported=check_supported, prepare=prepare, lower=lower
+    )
 
     def lowering_reference(self, model, recipe, ops, artifact_dir, prepared=None, calibration=None):
         """Quantization happens after lowering: the artifact's own weights, read back (reference.py),
