@@ -179,6 +179,8 @@ def export(
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     rec = parse_recipe(recipe, group_size, ptq) if isinstance(recipe, str) else recipe
+    if options is not None and not isinstance(options, dict):
+        raise InputError(f"options must be a dict of {backend} options, got {type(options).__name__}")
     b, options = BACKENDS[backend](), dict(options or {})
     tok = Path(tokenizer_path) if tokenizer_path else None
     chunk = _check_request(model, b, rec, max_seq_len, ops, prefill_chunk, tok, options)

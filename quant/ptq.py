@@ -28,7 +28,8 @@ from torch import nn
 from gemma_edge.models.errors import InputError
 
 __all__ = [
-    "Grid", "GRIDS", "METHODS", "search_scales", "quantize_weight", "collect_hessians", "calibration_ids", "optimize",
+    "Grid", "GRIDS", "METHODS", "search_scales", "quantize_weight", "run_chunks", "collect_hessians", "calibration_ids",
+    "optimize",
 ]  # fmt: skip
 
 METHODS = ("rtn", "mse", "gptq")
@@ -170,6 +171,15 @@ def _gptq(W: torch.Tensor, H: torch.Tensor, group: int, grid: Grid) -> tuple[tor
 
 
 @torch.no_grad()
+def run_chunks(model: nn.Module, ids: list[int], chunk: int = 512) -> None:
+    """Run ``ids`` through the causal model's backbone in chunks, each from an empty state (for the
+    forward hooks that calibration installs)."""
+    for i in range(0, len(ids), chunk):
+        part = ids[i : i + chunk]
+        model.backbone(torch.tensor([part]), torch.arange(len(part)))
+
+
+@torch.no_grad()
 def collect_hessians(model: nn.Module, inputs_of: dict[str, nn.Module], ids: list[int], chunk: int = 512,
                      outputs_of: dict[str, nn.Module] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """E[x x^T] over ``ids`` (run through the causal model in chunks from an empty state) of the
@@ -188,9 +198,7 @@ def collect_hessians(model: nn.Module, inputs_of: dict[str, nn.Module], ids: lis
     handles = [m.register_forward_pre_hook(lambda mod, a, n=n: add(n, a[0])) for n, m in inputs_of.items()]
     handles += [m.register_forward_hook(lambda mod, a, out, n=n: add(n, out)) for n, m in outputs_of.items()]
     try:
-        for i in range(0, len(ids), chunk):
-            part = ids[i : i + chunk]
-            model.backbone(torch.tensor([part]), torch.arange(len(part)))
+        run_chunks(model, ids, chunk)
     finally:
         for hd in handles:
             hd.remove()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .ptq import run_chunks
+
 __all__ = ["smooth_pre_norms"]
 
 _CLAMP = (1e-2, 1e2)
@@ -47,9 +49,7 @@ def smooth_pre_norms(model: nn.Module, ids: list[int], alpha: float = 0.5, chunk
 
     handles = [norm.register_forward_hook(hook(i)) for i, (norm, _) in enumerate(pairs)]
     try:
-        for j in range(0, len(ids), chunk):
-            part = ids[j : j + chunk]
-            model.backbone(torch.tensor([part]), torch.arange(len(part)))
+        run_chunks(model, ids, chunk)
     finally:
         for h in handles:
             h.remove()

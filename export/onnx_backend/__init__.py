@@ -23,9 +23,10 @@ Quantized recipes become MatMulNBits (and GatherBlockQuantized for ``+emb4``) th
 from __future__ import annotations
 
 from importlib.metadata import version
+from types import SimpleNamespace
 from typing import ClassVar
 
-from ..backend import Backend, LowerRequest, Prepared
+from ..backend import FunctionBackend, LowerRequest, Prepared
 from .contrib import store_scales_fp16
 from .files import GENAI_TYPES, genai_config, write_ort_format
 from .lower import lower
@@ -43,15 +44,13 @@ def runtime_version() -> str:
     return version("onnxruntime")
 
 
-class OnnxBackend(Backend):
+class OnnxBackend(FunctionBackend):
+    """Its prepare() returns a Prepared (the quantization layout in its notes), and lower() takes the
+    ONNX-only options."""
+
     name, model_file = "onnx", MODEL_FILE
     options: ClassVar[dict[str, str]] = {"ort_format": "also write model.ort, which ONNX Runtime Mobile loads"}
-
-    def runtime_version(self) -> str:
-        return runtime_version()
-
-    def check_supported(self, recipe, ops):
-        check_supported(recipe, ops)
+    steps = SimpleNamespace(runtime_version=runtime_version, check_supported=check_supported)
 
     def prepare(self, model, recipe, ops, *, copy_model=True, calibration=None) -> Prepared:
         return prepare(model, recipe, ops, copy_model=copy_model, calibration=calibration)

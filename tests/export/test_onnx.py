@@ -210,3 +210,6 @@ def test_ort_format_model_runs_like_the_onnx(tmp_path):
     with pytest.raises(models.InputError, match="ort_format are not executorch options; executorch takes: none"):
         export(model, "executorch", "fp32", 32, "portable", tmp_path / "b", options={"ort_format": True},
                progress=lambda m: None)
+    with pytest.raises(models.InputError, match="options must be a dict of onnx options, got str"):
+        export(model, "onnx", "fp32", 32, "portable", tmp_path / "c", options="ort_format", progress=lambda m: None)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
