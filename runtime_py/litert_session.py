@@ -43,10 +43,10 @@ class LiteRTSession(Session):
                 self.wrapper.AllocateTensors(sg)
                 view = lambda i, sg=sg: self.wrapper.tensor(self.wrapper, i, sg)  # noqa: E731
                 self.sigs[n] = (sg, {k: view(i) for k, i in r._inputs.items()}, {k: view(i) for k, i in r._outputs})
-            self.chunk = self.prefill_chunk  # the manifest's; the prefill signature is named after it
-            self.prefill_name = f"prefill_{self.chunk}" if self.chunk > 1 else None
+            # The prefill signature is named after the manifest's prefill chunk.
+            self.prefill_name = f"prefill_{self.prefill_chunk}" if self.prefill_chunk > 1 else None
             if self.prefill_name is not None and self.prefill_name not in sigs:
-                raise ArtifactError(f"{path} has no signature {self.prefill_name} (prefill_chunk {self.chunk})")
+                raise ArtifactError(f"{path} has no signature {self.prefill_name} (prefill_chunk {self.prefill_chunk})")
             self.state_names = [i["name"] for i in methods["decode"]["inputs"][2:]]
             self.state_at = None  # the signature whose outputs hold the state; None: zeros
             # If the interpreter placed one state input over another state's output, copying in
@@ -86,8 +86,8 @@ class LiteRTSession(Session):
         t = tokens.numpy()
         i, logits = 0, None
         while i < t.shape[1]:
-            whole = self.prefill_name is not None and t.shape[1] - i >= self.chunk
-            n = self.chunk if whole else 1
+            whole = self.prefill_name is not None and t.shape[1] - i >= self.prefill_chunk
+            n = self.prefill_chunk if whole else 1
             logits = self._run(self.prefill_name if whole else "decode", t[:, i : i + n], start + i)
             i += n
         return torch.from_numpy(logits).reshape(-1)

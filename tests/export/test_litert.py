@@ -142,3 +142,21 @@ def test_int4_stores_the_ptq_codes_on_the_full_grid(artifact):
             except ValueError:
                 continue
     assert codes and min(int(c.min()) for c in codes) == -8 and max(int(c.max()) for c in codes) == 7
+
+
+def test_session_takes_the_prefill_chunk_from_the_manifest(artifact, tmp_path):
+    """The manifest names the prefill chunk; a manifest that disagrees with the file's signatures
+    is refused at load, naming the signature it looked for."""
+    import shutil
+
+    from gemma_edge.models import ArtifactError
+
+    src = _art(artifact, "tiny-gemma3")
+    assert load(src).prefill_name == f"prefill_{json.loads((src / 'manifest.json').read_text())['prefill_chunk']}"
+    d = tmp_path / "a"
+    shutil.copytree(src, d)
+    m = json.loads((d / "manifest.json").read_text())
+    m["prefill_chunk"] = 7
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="has no signature prefill_7"):
+        load(d)
