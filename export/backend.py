@@ -100,4 +100,3 @@ class FunctionBackend(Backend):
     def lower(self, prepared: Prepared, req: LowerRequest, progress=lambda msg: None) -> dict:
         return self.steps.lower(prepared.model, max_seq_len=req.max_seq_len, prefill_chunk=req.prefill_chunk,
                                 metadata=req.metadata, recipe=req.recipe, out=req.out, progress=progress)  # fmt: skip
-

@@ -2,7 +2,8 @@
 EmbeddingGemma, their presets, checkpoint loading, tokenizer and custom ops."""
 
 from . import ops  # registers torch.ops.gemma_edge.*
-from .build import build, fuse_projections, init_random_, untie_head, use_custom_ops, use_stateful_ops
+from .attention import AttentionCore, set_core
+from .build import build, fuse_projections, init_random_, untie_head, use_custom_ops
 from .checkpoint import load, read_config
 from .config import FAMILIES, LAYER_KINDS, ModelConfig
 from .errors import ArtifactError, CheckpointError, ConfigError, ExportError, GemmaEdgeError, InputError
@@ -12,7 +13,8 @@ from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .tokenizer import EMBEDDING_PROMPTS, Tokenizer
 
 __all__ = [
-    "ops", "build", "fuse_projections", "init_random_", "untie_head", "use_custom_ops", "use_stateful_ops", "load",
+    "ops", "build", "fuse_projections", "init_random_", "untie_head", "use_custom_ops", "AttentionCore", "set_core",
+    "load",
     "read_config",
     "FAMILIES", "LAYER_KINDS",
     "ModelConfig", "ArtifactError", "ExportError", "CheckpointError", "ConfigError", "GemmaEdgeError", "InputError",

@@ -7,6 +7,12 @@ state stays O(window).
 
 Everything that depends only on positions (RoPE tables, key positions, the mask, the ring's update
 index) is built once per layer kind by ``AttnContext.build`` and shared by the layers of that kind.
+
+One seam: between its projections and its output projection, ``Attention`` hands q, k, v to its
+``core`` (an ``AttentionCore``: RoPE, the cache update, the attention itself). A backend that
+computes those differently (through its runtime's fused kernel, a named composite, an op that owns
+the cache) installs a subclass from its own package with ``set_core``; the model never asks which
+backend it is in.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from . import ops
 from .config import ModelConfig
 from .layers import RMSNorm, apply_rope, rope_inv_freq
 
-__all__ = ["Attention", "AttnContext", "ring_slot_positions", "cached_attention"]
+__all__ = [
+    "Attention", "AttentionCore", "OpAttentionCore", "AttnContext", "ring_slot_positions", "ring_update_index",
+    "set_core",
+]  # fmt: skip
 
 
 def ring_slot_positions(start: torch.Tensor, window: int) -> torch.Tensor:
@@ -29,12 +38,12 @@ def ring_slot_positions(start: torch.Tensor, window: int) -> torch.Tensor:
     Slot s holds the latest p < start with p % window == s.
     """
     s = torch.arange(window, device=start.device, dtype=start.dtype)
-    # "+ window" keeps the dividend >= 0: ExecuTorch's portable int remainder follows C's sign rule.
+    # "+ window" keeps the dividend >= 0: some runtimes' integer remainder follows C's sign rule.
     p = start - 1 - torch.remainder(start - 1 - s + window, window)
     return torch.where(p >= 0, p, torch.full_like(p, -1))
 
 
-def _ring_update_index(start: torch.Tensor, T: int, window: int) -> torch.Tensor:
+def ring_update_index(start: torch.Tensor, T: int, window: int) -> torch.Tensor:
     """Where each ring slot's new content lies in cat(ring, chunk) after a chunk of T at ``start``.
 
     Slot s keeps the newest position p <= start + T - 1 with p % window == s: from the chunk (index
@@ -59,50 +68,6 @@ def ring_write_index(pos: torch.Tensor, window: int) -> tuple[torch.Tensor, torc
     j = torch.arange(T, device=pos.device, dtype=pos.dtype)
     src = j + window * torch.div(T - 1 - j, window, rounding_mode="floor")  # T - 1 - j >= 0
     return torch.remainder(pos, window), src
-
-
-@torch.library.custom_op("gemma_edge::cached_attention", mutates_args=())
-def cached_attention(
-    q: torch.Tensor,  # (B, T, H * hd), before RoPE
-    k: torch.Tensor,  # (B, T, kvH * hd), before RoPE
-    v: torch.Tensor,  # (B, T, kvH * hd)
-    past_k: torch.Tensor,  # (B, kvH, C, hd): a ring of C >= window slots (local) or max_seq_len slots
-    past_v: torch.Tensor,
-    pos: torch.Tensor,  # (T,) consecutive absolute positions of the chunk
-    cos_table: torch.Tensor,  # (L, rot / 2) cos(p * inv_freq) for every position p < L
-    sin_table: torch.Tensor,
-    num_heads: int,
-    window: int,  # 0 = global
-    scale: float,
-    softcap: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # out (B, T, H * hd), present_k, present_v
-    """Causal attention that owns RoPE and its cache update: rotate, write the chunk, attend.
-
-    A runtime may keep the cache in its own layout (ONNX Runtime's GroupQueryAttention, which this
-    op lowers to, does); the layout here is the ring / position-indexed one of ``Attention``.
-    """
-    B, T, _ = q.shape
-    kvH, C, hd = past_k.shape[1], past_k.shape[2], past_k.shape[3]
-    half = torch.cat((cos_table[pos], cos_table[pos]), -1), torch.cat((sin_table[pos], sin_table[pos]), -1)
-    q = apply_rope(q.view(B, T, num_heads, hd).transpose(1, 2), *half)
-    k = apply_rope(k.view(B, T, kvH, hd).transpose(1, 2), *half)
-    v = v.view(B, T, kvH, hd).transpose(1, 2)
-    if window:
-        k_pos = torch.cat((ring_slot_positions(pos[0], C), pos))
-        keys, values = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
-        idx = _ring_update_index(pos[0], T, C)
-        present_k, present_v = keys.index_select(2, idx), values.index_select(2, idx)
-    else:
-        present_k, present_v = past_k.index_copy(2, pos, k), past_v.index_copy(2, pos, v)
-        keys, values, k_pos = present_k, present_v, torch.arange(C, dtype=pos.dtype)
-    k_pos = k_pos[None, :].expand(B, -1)
-    out = ops.attention_reference(q, keys, values, pos, k_pos, window, scale, softcap, True)
-    return out.transpose(1, 2).reshape(B, T, num_heads * hd), present_k, present_v
-
-
-@cached_attention.register_fake
-def _(q, k, v, past_k, past_v, pos, cos_table, sin_table, num_heads, window, scale, softcap):
-    return torch.empty_like(q), torch.empty_like(past_k), torch.empty_like(past_v)
 
 
 @dataclass
@@ -139,6 +104,74 @@ class AttnContext:
         return AttnContext(pos, emb.cos(), emb.sin(), k_pos, vis, ring_write, ring_pos)
 
 
+class AttentionCore:
+    """RoPE, cache update and attention of projected q, k, v (B, T, heads * hd) -> (B, T, H * hd).
+
+    Stateless, so one instance may serve every layer. Subclasses override a step: ``attend`` (the
+    softmax attention over keys at known positions), ``read_ring`` (a local layer's keys and values
+    and the rows its ring write takes), ``extend_context`` (extra per-kind tensors) or the whole call.
+    """
+
+    def extend_context(self, ctx: AttnContext, inv_freq: torch.Tensor) -> None:
+        """Add what this core needs to the per-kind context (once per kind, before any layer runs)."""
+
+    def __call__(self, layer: Attention, q, k, v, ctx: AttnContext, cache):
+        B, T, _ = q.shape
+        q = q.view(B, T, layer.num_heads, layer.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, layer.num_kv_heads, layer.head_dim).transpose(1, 2)  # (B, kvH, T, hd)
+        v = v.view(B, T, layer.num_kv_heads, layer.head_dim).transpose(1, 2)
+        if layer.q_norm is not None:
+            q, k = layer.q_norm(q), layer.k_norm(k)
+        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+
+        new_cache = out = None
+        if cache is None:
+            keys, values = k, v
+        elif layer.window:  # ring: attend to (ring before the chunk, chunk), then write the chunk in place
+            slots = ctx.ring_write[0]
+            out, keys, values, k_rows, v_rows = self.read_ring(layer, q, k, v, cache, ctx)
+            new_cache = (cache[0].index_copy(2, slots.long(), k_rows), cache[1].index_copy(2, slots.long(), v_rows))
+        else:  # global cache indexed by absolute position
+            new_cache = (cache[0].index_copy(2, ctx.pos.long(), k), cache[1].index_copy(2, ctx.pos.long(), v))
+            keys, values = new_cache
+
+        if out is None:  # (a read_ring that attends already did)
+            out = self.attend(layer, q, keys, values, ctx)
+        return out.transpose(1, 2).reshape(B, T, layer.num_heads * layer.head_dim), new_cache
+
+    def read_ring(self, layer: Attention, q, k, v, cache, ctx: AttnContext):
+        """(out or None, keys, values, k_rows, v_rows): the keys/values a local layer attends to
+        (ring before the chunk, then the chunk) and the chunk rows its ring write takes."""
+        _, src = ctx.ring_write
+        keys, values = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)  # (B, kvH, W+T, hd)
+        return None, keys, values, k.index_select(2, src), v.index_select(2, src)
+
+    def attend(self, layer: Attention, q, keys, values, ctx: AttnContext) -> torch.Tensor:  # (B, H, T, hd)
+        return ops.masked_attention(q, keys, values, ctx.vis, layer.scale, layer.softcap)
+
+
+class OpAttentionCore(AttentionCore):
+    """The same attention through ``torch.ops.gemma_edge``: ``sliding_window_attention``, and for a
+    causal local layer ``ring_attention`` (the kernel reads ring and chunk apart, no copy)."""
+
+    def read_ring(self, layer, q, k, v, cache, ctx):
+        if not layer.causal:
+            return super().read_ring(layer, q, k, v, cache, ctx)
+        _, src = ctx.ring_write
+        out, k_rows, v_rows = torch.ops.gemma_edge.ring_attention(
+            q, k, v, cache[0], cache[1], ctx.pos, ctx.ring_pos, src, layer.window, layer.scale, layer.softcap
+        )
+        return out, None, None, k_rows, v_rows
+
+    def attend(self, layer, q, keys, values, ctx):
+        return torch.ops.gemma_edge.sliding_window_attention(
+            q, keys, values, ctx.pos, ctx.k_pos, layer.window, layer.scale, layer.softcap, layer.causal
+        )
+
+
+DEFAULT_CORE = AttentionCore()
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, kind: str) -> None:
         super().__init__()
@@ -148,15 +181,13 @@ class Attention(nn.Module):
         self.scale = cfg.query_scale**-0.5
         self.softcap = cfg.attn_softcap or 0.0
         self.causal = cfg.causal
-        self.use_custom_op = False  # set by models.use_custom_ops()
-        self.op_impl = None  # a backend's stand-in for the op (same signature), e.g. a named composite
-        self.use_cached_op = False  # set by models.use_stateful_ops(): the op updates the cache too
+        self.core = DEFAULT_CORE  # the seam: see AttentionCore and set_core
         d, hd = cfg.d_model, cfg.head_dim
         self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=False)
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=cfg.attn_out_bias)
-        self.qkv_proj = None  # a backend may fuse q/k/v into one linear (rows of q, then k, then v)
+        self.qkv_proj = None  # models.fuse_projections: q/k/v as one linear (rows of q, then k, then v)
         self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
 
@@ -175,64 +206,20 @@ class Attention(nn.Module):
         ctx: AttnContext,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,  # (B, kvH, S, hd) each
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        if self.use_cached_op and cache is not None and self.causal:
-            return self._cached_forward(x, ctx, cache)
-        B, T, _ = x.shape
-        q, k, v = self.project(x)
-        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, kvH, T, hd)
-        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
-
-        new_cache = out = None
-        if cache is None:
-            keys, values = k, v
-        elif self.window:  # ring: attend to (ring before the chunk, chunk), then write the chunk in place
-            slots, src = ctx.ring_write
-            if self.use_custom_op and self.op_impl is None and self.causal:  # the kernel reads both, no copy
-                out, k_rows, v_rows = torch.ops.gemma_edge.ring_attention(
-                    q, k, v, cache[0], cache[1], ctx.pos, ctx.ring_pos, src, self.window, self.scale, self.softcap
-                )
-            else:
-                keys, values = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)  # (B, kvH, W+T, hd)
-                k_rows, v_rows = k.index_select(2, src), v.index_select(2, src)
-            new_cache = (cache[0].index_copy(2, slots.long(), k_rows), cache[1].index_copy(2, slots.long(), v_rows))
-        else:  # global cache indexed by absolute position
-            new_cache = (cache[0].index_copy(2, ctx.pos.long(), k), cache[1].index_copy(2, ctx.pos.long(), v))
-            keys, values = new_cache
-
-        if out is None:  # (ring_attention above already attended)
-            out = self._attend(q, keys, values, ctx)
-        out = out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
+        out, new_cache = self.core(self, *self.project(x), ctx, cache)
         return self.o_proj(out), new_cache
 
-    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-        if self.op_impl is not None:
-            return self.op_impl(q, keys, values, ctx.pos, ctx.k_pos, self.window, self.scale, self.softcap, self.causal)
-        if self.use_custom_op:
-            return torch.ops.gemma_edge.sliding_window_attention(
-                q, keys, values, ctx.pos, ctx.k_pos, self.window, self.scale, self.softcap, self.causal
-            )
-        return ops.masked_attention(q, keys, values, ctx.vis, self.scale, self.softcap)
-
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v projections (B, T, heads * hd): one fused linear where a backend set ``qkv_proj``."""
+        """q, k, v projections (B, T, heads * hd): one fused linear after ``fuse_projections``."""
         if self.qkv_proj is not None:
             kv = self.num_kv_heads * self.head_dim
             return self.qkv_proj(x).split([self.num_heads * self.head_dim, kv, kv], dim=-1)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
-    def _cached_forward(self, x: torch.Tensor, ctx: AttnContext, cache: tuple[torch.Tensor, torch.Tensor]):
-        """The same attention through ``gemma_edge::cached_attention`` (RoPE and cache update inside)."""
-        B, T, _ = x.shape
-        q, k, v = self.project(x)  # (B, T, heads * hd)
-        if self.q_norm is not None:
-            q = self.q_norm(q.view(B, T, self.num_heads, self.head_dim)).reshape(B, T, -1)
-            k = self.k_norm(k.view(B, T, self.num_kv_heads, self.head_dim)).reshape(B, T, -1)
-        out, present_k, present_v = torch.ops.gemma_edge.cached_attention(
-            q, k, v, cache[0], cache[1], ctx.pos, ctx.cos_table, ctx.sin_table, self.num_heads, self.window,
-            self.scale, self.softcap,
-        )  # fmt: skip
-        return self.o_proj(out), (present_k, present_v)
+
+def set_core(model: nn.Module, core: AttentionCore | None) -> nn.Module:
+    """Give every attention layer of ``model`` this core (None: the plain-PyTorch default)."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.core = core or DEFAULT_CORE
+    return model

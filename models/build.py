@@ -7,13 +7,14 @@ import zlib
 import torch
 from torch import nn
 
-from .attention import Attention
+from . import ops
+from .attention import Attention, OpAttentionCore, set_core
 from .config import ModelConfig
 from .model import CausalLM, Encoder
 from .presets import get_preset
-from .recurrent import RGLRU, RecurrentBlock
+from .recurrent import RGLRU, RecurrentBlock, conv_with_tail
 
-__all__ = ["build", "use_custom_ops", "use_stateful_ops", "init_random_", "untie_head", "fuse_projections"]
+__all__ = ["build", "use_custom_ops", "init_random_", "untie_head", "fuse_projections"]
 
 
 def build(preset_or_config: str | ModelConfig, seed: int | None = None) -> nn.Module:
@@ -55,24 +56,14 @@ def untie_head(model: nn.Module) -> nn.Module:
 
 
 def use_custom_ops(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Route attention and RG-LRU through ``torch.ops.gemma_edge.*`` (for export) or back."""
+    """Route attention and RG-LRU through ``torch.ops.gemma_edge.*`` (for export), or (``enabled``
+    False) every seam back to plain PyTorch."""
+    set_core(model, OpAttentionCore() if enabled else None)
     for m in model.modules():
-        if isinstance(m, (Attention, RGLRU)):
-            m.use_custom_op = enabled
-    return model
-
-
-def use_stateful_ops(model: nn.Module, max_seq_len: int, enabled: bool = True, attention: bool = True) -> nn.Module:
-    """Route the stateful parts through ops that own their state update, for backends whose kernels
-    do (ONNX Runtime's GroupQueryAttention and CausalConvWithState): causal attention with a cache
-    through ``gemma_edge::cached_attention`` (RoPE inside, tables for positions < ``max_seq_len``)
-    unless ``attention`` is False, and Griffin's conv through ``gemma_edge::causal_conv``."""
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.use_cached_op = enabled and attention
-        if isinstance(m, RecurrentBlock):
-            m.use_conv_op = enabled
-    model.backbone.rope_table_len = max_seq_len if enabled and attention else 0
+        if isinstance(m, RGLRU):
+            m.scan = torch.ops.gemma_edge.rg_lru if enabled else ops.rg_lru_closed_form
+        if isinstance(m, RecurrentBlock) and not enabled:
+            m.conv = conv_with_tail
     return model
 
 

@@ -36,7 +36,7 @@ class GeGLU(nn.Module):
         self.gate_proj = nn.Linear(d_model, ffn_dim, bias=bias)
         self.up_proj = nn.Linear(d_model, ffn_dim, bias=bias)
         self.down_proj = nn.Linear(ffn_dim, d_model, bias=bias)
-        self.gate_up_proj = None  # a backend may fuse gate and up into one linear (gate rows first)
+        self.gate_up_proj = None  # models.fuse_projections: gate and up as one linear (gate rows first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:

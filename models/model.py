@@ -61,7 +61,6 @@ class Backbone(nn.Module):
         self.attn_kinds = sorted(set(cfg.layer_kinds) - {"recurrent"})
         for kind in self.attn_kinds:
             self.register_buffer(f"inv_freq_{kind}", Attention.inv_freq(cfg, kind), persistent=False)
-        self.rope_table_len = 0  # > 0: also give attention whole RoPE tables (models.use_stateful_ops)
 
     def check_inputs(self, tokens: torch.Tensor, pos: torch.Tensor, cache_len: int | None) -> None:
         """Eager-mode input checks (skipped while tracing: they need concrete values)."""
@@ -97,9 +96,7 @@ class Backbone(nn.Module):
             window = cfg.window if kind == "local" else 0
             inv = getattr(self, f"inv_freq_{kind}")
             ctx[kind] = AttnContext.build(inv, pos, tokens.shape[0], window, cfg.causal, cache_len, key_mask)
-            if self.rope_table_len:
-                angles = torch.arange(self.rope_table_len, dtype=torch.float32)[:, None] * inv[None, :]
-                ctx[kind].cos_table, ctx[kind].sin_table = angles.cos(), angles.sin()
+            self.layers[first].temporal.core.extend_context(ctx[kind], inv)
         new_state = [] if state is not None else None
         for i, layer in enumerate(self.layers):
             x, s = layer(x, pos, None if state is None else state[i], ctx.get(layer.kind))

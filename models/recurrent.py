@@ -9,27 +9,21 @@ from torch import nn
 from . import ops
 from .config import ModelConfig
 
-__all__ = ["RGLRU", "RecurrentBlock", "causal_conv"]
+__all__ = ["RGLRU", "RecurrentBlock", "conv_with_tail"]
 
 
-@torch.library.custom_op("gemma_edge::causal_conv", mutates_args=())
-def causal_conv(
+def conv_with_tail(
     x: torch.Tensor,  # (B, T, L) channels last
     weight: torch.Tensor,  # (L, 1, w) depthwise, weight[:, 0, -1] on the current token
     bias: torch.Tensor,  # (L,)
     past: torch.Tensor,  # (B, w - 1, L): the last w - 1 inputs before the chunk
 ) -> tuple[torch.Tensor, torch.Tensor]:  # y (B, T, L), present (B, w - 1, L)
-    """Griffin's causal depthwise conv1d with its tail as state (ONNX Runtime's CausalConvWithState)."""
+    """Griffin's causal depthwise conv1d with its tail as state."""
     T, width = x.shape[1], weight.shape[-1]
     full = torch.cat((past, x), dim=1)  # (B, w-1+T, L)
-    w = weight[:, 0, :]
+    w = weight[:, 0, :]  # (L, w)
     y = bias + sum(full[:, i : i + T] * w[:, i] for i in range(width))
-    return y, full[:, full.shape[1] - (width - 1) :].clone()
-
-
-@causal_conv.register_fake
-def _(x, weight, bias, past):
-    return torch.empty_like(x), torch.empty_like(past)
+    return y, full[:, full.shape[1] - (width - 1) :]
 
 
 class RGLRU(nn.Module):
@@ -39,8 +33,10 @@ class RGLRU(nn.Module):
         super().__init__()
         H, bw = cfg.num_heads, cfg.lru_width // cfg.num_heads
         self.c = cfg.lru_c
-        self.use_custom_op = False  # set by models.use_custom_ops()
-        self.op_impl = None  # a backend's stand-in for the op (same signature), e.g. a named composite
+        # The seam: the scan, with the signature of ops.rg_lru_reference. The plain one is loop-free so
+        # a chunk of symbolic length exports; models.use_custom_ops swaps in torch.ops.gemma_edge.rg_lru
+        # (its eager kernel is the sequential scan; tests hold the two to each other).
+        self.scan = ops.rg_lru_closed_form
         self.a_param = nn.Parameter(torch.zeros(cfg.lru_width))
         self.gate_x_weight = nn.Parameter(torch.zeros(H, bw, bw))
         self.gate_x_bias = nn.Parameter(torch.zeros(H, bw))
@@ -59,13 +55,7 @@ class RGLRU(nn.Module):
             h0,
             self.c,
         )
-        if self.op_impl is not None:
-            return self.op_impl(*args)
-        if self.use_custom_op:
-            return torch.ops.gemma_edge.rg_lru(*args)
-        # The plain path is loop-free so a chunk of symbolic length exports; the custom op's eager
-        # kernel is the sequential scan, and tests hold the two to each other.
-        return ops.rg_lru_closed_form(*args)
+        return self.scan(*args)
 
 
 class RecurrentBlock(nn.Module):
@@ -80,7 +70,7 @@ class RecurrentBlock(nn.Module):
         self.conv_weight = nn.Parameter(torch.zeros(L, 1, cfg.conv_width))
         self.conv_bias = nn.Parameter(torch.zeros(L))
         self.rg_lru = RGLRU(cfg)
-        self.use_conv_op = False  # set by models.use_stateful_ops(): gemma_edge::causal_conv
+        self.conv = conv_with_tail  # the seam (same signature): a backend may route it through an op
 
     def init_state(self, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         L = self.linear_x.out_features
@@ -92,18 +82,12 @@ class RecurrentBlock(nn.Module):
         pos: torch.Tensor,  # (T,)
         state: tuple[torch.Tensor, torch.Tensor] | None = None,  # conv tail (B, w-1, L), h (B, L) fp32
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        B, T, _ = x.shape
+        B = x.shape[0]
         conv_tail, h0 = state if state is not None else self.init_state(B, x.dtype)
         # A sequence starting at position 0 never sees an earlier conv tail (the RG-LRU resets itself).
         conv_tail = torch.where(pos[0] == 0, torch.zeros_like(conv_tail), conv_tail)
         y = F.gelu(self.linear_y(x), approximate="tanh")
         u = self.linear_x(x)  # (B, T, L)
-        if self.use_conv_op:
-            conv, new_tail = torch.ops.gemma_edge.causal_conv(u, self.conv_weight, self.conv_bias, conv_tail)
-        else:
-            full = torch.cat((conv_tail, u), dim=1)  # (B, w-1+T, L)
-            w = self.conv_weight[:, 0, :]  # (L, w)
-            conv = self.conv_bias + sum(full[:, i : i + T] * w[:, i] for i in range(self.conv_width))
-            new_tail = full[:, full.shape[1] - (self.conv_width - 1) :]
+        conv, new_tail = self.conv(u, self.conv_weight, self.conv_bias, conv_tail)
         lru, h = self.rg_lru(conv, pos, h0)
         return self.linear_out(lru * y), (new_tail, h)

@@ -106,4 +106,3 @@ def _check_contents(m: dict[str, Any], f: Path) -> None:
         )
         if not ok:
             raise ArtifactError(f"{f}: methods.{name} must have 'inputs' and 'outputs' lists of named tensors")
-

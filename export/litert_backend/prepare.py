@@ -7,7 +7,7 @@ import copy
 from torch import nn
 
 from gemma_edge.models import ops
-from gemma_edge.models.attention import Attention
+from gemma_edge.models.attention import AttentionCore, set_core
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.recurrent import RGLRU
 from gemma_edge.quant import Recipe, ptq
@@ -34,6 +34,14 @@ def _composite_rg_lru(x, gxw, gxb, gaw, gab, a_param, pos, h0, c):
     y, h = ops.rg_lru_closed_form(x, gxw, gxb, gaw, gab, a_param, pos, h0, c)
     y, h = b.mark_outputs(y, h)
     return y, h
+
+
+class CompositeAttentionCore(AttentionCore):
+    """Attention as the named composite ``gemma_edge.sliding_window_attention``."""
+
+    def attend(self, layer, q, keys, values, ctx):
+        return _composite_attention(q, keys, values, ctx.pos, ctx.k_pos, layer.window, layer.scale, layer.softcap,
+                                    layer.causal)  # fmt: skip
 
 
 SMOOTH_ALPHA = 0.5  # SmoothQuant's default migration strength
@@ -64,9 +72,9 @@ def prepare(model: nn.Module, recipe: Recipe, ops_mode: str, copy_model: bool = 
         if calibration:
             smooth_pre_norms(model, calibration, alpha=SMOOTH_ALPHA)
         ptq.optimize(model, recipe, ptq.GRIDS["litert"], calibration, table=True)
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.op_impl = _composite_attention if ops_mode == "fused" else None
-        if isinstance(m, RGLRU):
-            m.op_impl = _composite_rg_lru if ops_mode == "fused" else None
+    if ops_mode == "fused":
+        set_core(model, CompositeAttentionCore())
+        for m in model.modules():
+            if isinstance(m, RGLRU):
+                m.scan = _composite_rg_lru
     return model

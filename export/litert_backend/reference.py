@@ -9,8 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gemma_edge.models.attention import Attention
-from gemma_edge.models.recurrent import RGLRU
+from gemma_edge.models import untie_head, use_custom_ops
 from gemma_edge.quant import Recipe
 
 from .quantize import DYNAMIC
@@ -63,12 +62,9 @@ def eager_quantized(model: nn.Module, recipe: Recipe, artifact_dir: Path) -> nn.
     """The eager model with the artifact's own quantized weights (read back from the flatbuffer and
     dequantized; each linear and the embedding table takes the candidate of its shape nearest to its
     fp32 weight) and, for the dynamic recipes, activations fake-quantized as LiteRT does."""
-    from gemma_edge.models import untie_head
 
     model = copy.deepcopy(model)
-    for m in model.modules():
-        if isinstance(m, (Attention, RGLRU)):
-            m.op_impl = None
+    use_custom_ops(model, False)  # plain PyTorch, no composites
     if model.config.causal:
         untie_head(model)  # the head reads the same quantized table, then its input is quantized
     found = _artifact_weights(artifact_dir / MODEL_FILE)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from . import stateful  # noqa: F401  (registers gemma_edge::cached_attention and ::causal_conv)
+
 
 def _register_contrib_schemas() -> None:
     """Declare the two com.microsoft contrib ops we emit to onnx's schema registry (onnx itself knows

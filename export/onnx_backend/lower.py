@@ -14,14 +14,15 @@ from gemma_edge.quant import Recipe
 
 from .contrib import _translations, store_scales_fp16, strip_source_metadata
 from .files import GENAI_TYPES, genai_config, write_ort_format
+from .stateful import use_stateful_ops, uses_cached_attention
 from .wrappers import GENAI_RING_SLACK, MODEL_FILE, OPSET, ORT_FILE, OnnxCausal, OnnxEncoder, state_names
 
 
 def _causal(model: nn.Module, max_seq_len: int, prefill_chunk: int):
     """(wrapper, example inputs, dynamic shapes, input names, output names, methods) of a causal LM."""
     cfg = model.config
-    if model.backbone.rope_table_len:  # RoPE tables as long as this artifact's positions
-        model.backbone.rope_table_len = max_seq_len
+    if uses_cached_attention(model):  # RoPE tables as long as this artifact's positions
+        use_stateful_ops(model, max_seq_len)
     state = [t for s in model.init_state(1, max_seq_len, ring_extra=GENAI_RING_SLACK) for t in s]
     names = state_names(cfg)
     # Examples inside each dim's range and not 1 (torch.export specialises 1); a range of one
@@ -61,8 +62,14 @@ def _encoder(model: nn.Module, max_seq_len: int):
             "outputs": [{"name": "sentence_embedding", "shape": [1, model.config.embed_dim], "dtype": "float32"}],
         }
     }
-    return OnnxEncoder(model).eval(), example, ({1: seq}, {1: seq}), ["input_ids", "attention_mask"], \
-        ["sentence_embedding"], methods
+    return (
+        OnnxEncoder(model).eval(),
+        example,
+        ({1: seq}, {1: seq}),
+        ["input_ids", "attention_mask"],
+        ["sentence_embedding"],
+        methods,
+    )
 
 
 def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: dict, recipe: Recipe, out: Path,
@@ -95,8 +102,7 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
     if cfg.family in GENAI_TYPES:
         (out / "genai_config.json").write_text(json.dumps(genai_config(cfg, max_seq_len, metadata), indent=2))
     if cfg.causal:
-        fused = any(getattr(m, "use_cached_op", False) for m in model.modules())
-        methods["forward"]["attention"] = "GroupQueryAttention" if fused else "portable"
+        methods["forward"]["attention"] = "GroupQueryAttention" if uses_cached_attention(model) else "portable"
     if quant_layout:
         next(iter(methods.values()))["quantization"] = quant_layout
     return methods

@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemma_edge.models import fuse_projections, use_stateful_ops
+from gemma_edge.models import fuse_projections
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.layers import RMSNorm
 from gemma_edge.quant import Recipe, ptq
 from gemma_edge.quant.nbits import quantize_for_onnx
 
 from ..backend import Prepared
+from .stateful import use_stateful_ops
 
 
 class FusedRMSNorm(nn.Module):

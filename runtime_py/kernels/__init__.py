@@ -27,6 +27,7 @@ _SRC = Path(__file__).parent
 _SOURCES = ("gemma_edge_executorch.cpp", "CMakeLists.txt")
 _LOADED: Path | None = None
 
+
 def _cache_dir() -> Path:
     root = Path(os.environ.get("GEMMA_EDGE_CACHE", Path.home() / ".cache" / "gemma_edge"))
     h = hashlib.sha256(version("executorch").encode())

@@ -179,7 +179,9 @@ def test_manifest_integrity(artifact, tmp_path):
         r"wrong types: max_seq_len \(str, expected int\)": lambda m, d: {**m, "max_seq_len": "96"},
         "'config' is not a valid model config: .*missing": lambda m, d: {**m, "config": {}},
         "'config' is not a valid model config: .*vocab_size must be > 0": lambda m, d: {
-            **m, "config": {**m["config"], "vocab_size": 0}},
+            **m,
+            "config": {**m["config"], "vocab_size": 0},
+        },
         r"special_tokens.eos must be a list of token ids, got None": lambda m, d: {**m, "special_tokens": {}},
         "max_seq_len and prefill_chunk must be integers >= 1": lambda m, d: {**m, "max_seq_len": 0},
         "methods.forward must have 'inputs' and 'outputs'": lambda m, d: {**m, "methods": {"forward": {}}},

@@ -198,8 +198,9 @@ def test_ort_format_model_runs_like_the_onnx(tmp_path):
     import onnxruntime as ort
 
     model = models.build("tiny-gemma3", seed=0)
-    d = export(model, "onnx", "int4", 32, "fused", tmp_path / "a", options={"ort_format": True},
-               progress=lambda m: None)
+    d = export(
+        model, "onnx", "int4", 32, "fused", tmp_path / "a", options={"ort_format": True}, progress=lambda m: None
+    )
     m = json.loads((d / "manifest.json").read_text())
     assert "model.ort" in m["files"] and (d / "model.ort").read_bytes()[4:8] == b"ORTM"
     feeds = {"input_ids": np.array([[2, 17, 33, 5]]), "attention_mask": np.ones((1, 4), dtype=np.int64)}
@@ -208,8 +209,16 @@ def test_ort_format_model_runs_like_the_onnx(tmp_path):
     a, b = (ort.InferenceSession(str(d / f)).run(["logits"], feeds)[0] for f in ("model.onnx", "model.ort"))
     assert np.abs(a - b).max() <= 1e-4 and a.std() > 0.01
     with pytest.raises(models.InputError, match="ort_format are not executorch options; executorch takes: none"):
-        export(model, "executorch", "fp32", 32, "portable", tmp_path / "b", options={"ort_format": True},
-               progress=lambda m: None)
+        export(
+            model,
+            "executorch",
+            "fp32",
+            32,
+            "portable",
+            tmp_path / "b",
+            options={"ort_format": True},
+            progress=lambda m: None,
+        )
     with pytest.raises(models.InputError, match="options must be a dict of onnx options, got str"):
         export(model, "onnx", "fp32", 32, "portable", tmp_path / "c", options="ort_format", progress=lambda m: None)
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

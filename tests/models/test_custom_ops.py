@@ -163,35 +163,6 @@ def test_reference_functions_are_the_op_kernels():
                        torch.ops.gemma_edge.sliding_window_attention(q, k, v, qp, kp, 4, 0.3, 0.0, True))  # fmt: skip
 
 
-@pytest.mark.parametrize("preset", CAUSAL_PRESETS)
-def test_stateful_ops_path_equals_full_forward(preset):
-    """The ops that own their state update (``gemma_edge::cached_attention``, ``causal_conv``) over
-    mixed chunks, with rings one slot wider than the window, reproduce the full forward."""
-    model = models.build(preset, seed=0)
-    ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
-    ref = model(ids)
-    models.use_stateful_ops(model, 64)
-    state, pos, outs = model.init_state(1, 64, ring_extra=1), 0, []
-    for n in [3, 9, 1, 1, 13, 5, 8]:  # chunks shorter and longer than the window of 8
-        logits, state = model(ids[:, pos : pos + n], torch.arange(pos, pos + n), state)
-        outs.append(logits)
-        pos += n
-    assert (torch.cat(outs, 1) - ref).abs().max().item() <= 1e-5
-
-
-def test_opcheck_cached_attention():
-    q, k, v = torch.randn(1, 3, 32), torch.randn(1, 3, 16), torch.randn(1, 3, 16)
-    past = torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 8)
-    tables = torch.randn(16, 4).cos(), torch.randn(16, 4).sin()
-    args = (q, k, v, *past, torch.arange(5, 8), *tables, 4, 8, 0.3, 2.0)
-    torch.library.opcheck(torch.ops.gemma_edge.cached_attention, args)
-
-
-def test_opcheck_causal_conv():
-    x, past = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
-    torch.library.opcheck(torch.ops.gemma_edge.causal_conv, (x, torch.randn(16, 1, 4), torch.randn(16), past))
-
-
 @pytest.mark.parametrize("preset", ALL_TINY)
 def test_fused_projections_change_nothing(preset):
     """q/k/v and gate/up fused into one linear each (a backend's adaptation) give the same outputs."""
