@@ -23,7 +23,7 @@ from gemma_edge.models.errors import ExportError, InputError
 from gemma_edge.quant import Recipe, parse_recipe
 
 from .artifact import staging_dir, write_manifest
-from .backend import Backend, LowerRequest
+from .backend import Backend, LowerRequest, Prepared
 
 __all__ = ["export", "BACKENDS", "OPS_MODES", "default_prefill_chunk", "special_tokens"]
 
@@ -148,6 +148,16 @@ def _metadata(cfg: ModelConfig, special: dict, chunk: int, max_seq_len: int) -> 
     }  # fmt: skip
 
 
+def _verify(b: Backend, model, rec: Recipe, ops: str, d: Path, prepared: Prepared, fp32: Callable) -> dict:
+    """The artifact's parity in its runtime against ``fp32()`` (built after the lowering reference);
+    an ExportError (the staging dir then goes) if it misses."""
+    eager_q = b.lowering_reference(model, rec, ops, d, prepared) if rec.is_quantized else None
+    parity = run_verify(d, fp32(), rec, b.name, eager_quantized=eager_q)
+    if parity["missed"]:
+        raise ExportError(f"export to {b.name} with {rec.name} failed parity: " + "; ".join(parity["missed"]))
+    return parity
+
+
 def export(
     model: nn.Module,
     backend: str,
@@ -214,14 +224,8 @@ def export(
         if verify:
             t0 = time.perf_counter()
             progress("[3/4] verify against the eager model")
-            eager_q = b.lowering_reference(model, rec, ops, d, prepared) if rec.is_quantized else None
-            fp32 = reference() if inplace else model
-            manifest["parity"] = run_verify(d, fp32, rec, backend, eager_quantized=eager_q)
+            manifest["parity"] = _verify(b, model, rec, ops, d, prepared, reference if inplace else (lambda: model))
             timings["verify_s"] = time.perf_counter() - t0
-            if manifest["parity"]["missed"]:
-                raise ExportError(
-                    f"export to {backend} with {rec.name} failed parity: " + "; ".join(manifest["parity"]["missed"])
-                )
         else:
             progress("[3/4] verify skipped")
         progress(f"[4/4] write {out_dir}")

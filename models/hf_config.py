@@ -138,42 +138,11 @@ def config_from_hf(j: dict[str, Any], *, where: str = "config.json", allow_unkno
     )  # fmt: skip
 
     if mt == "recurrent_gemma":
-        blocks = j.get("block_types") or ["recurrent", "recurrent", "attention"]
-        _need(isinstance(blocks, list), where, f"block_types must be a list, got {blocks!r}")
-        _need(set(blocks) <= {"recurrent", "attention"}, where, f"block_types {blocks} has an unknown entry")
-        kinds = tuple("recurrent" if blocks[i % len(blocks)] == "recurrent" else "local" for i in range(n))
-        base, scaling, fraction = _rope({"partial_rotary_factor": 0.5, **j}, where, {"local"})
-        head_dim = _num(j, "head_dim", where, d // heads)
-        _need(head_dim == d // heads, where, f"head_dim {head_dim} must equal hidden_size/heads = {d // heads}")
-        _need(j.get("embeddings_scale_by_sqrt_dim", True), where, "embeddings_scale_by_sqrt_dim=false is unsupported")
-        return ModelConfig(
-            family="recurrentgemma", layer_kinds=kinds, head_dim=head_dim,
-            ffn_dim=_num(j, "intermediate_size", where, minimum=2) // 2,  # HF's MLP halves intermediate_size
-            window=_num(j, "attention_window_size", where, 2048),
-            max_seq_len=_num(j, "max_position_embeddings", where, 8192),
-            query_scale=float(head_dim), rope_base=base, rope_scaling=scaling, rotary_fraction=fraction,
-            final_softcap=_num(j, "logits_soft_cap", where, 30.0, kind=float, minimum=0, positive=True),
-            post_norms=False, embed_scale_bf16=True,
-            mlp_bias=True, attn_out_bias=True, lru_width=_num(j, "lru_width", where, d),
-            conv_width=_num(j, "conv1d_width", where, 4), **common,
-        )  # fmt: skip
+        return _recurrent_config(j, where, n, d, heads, common)
 
     bidir = bool(j.get("use_bidirectional_attention") or False)
     _need(mt == "gemma3_text" or not bidir, where, "use_bidirectional_attention is only supported for gemma3_text")
-    if "layer_types" in j and j["layer_types"] is not None:
-        _need(isinstance(j["layer_types"], list), where, f"layer_types must be a list, got {j['layer_types']!r}")
-        bad = [t for t in j["layer_types"] if not isinstance(t, str) or t not in _HF_KIND]
-        _need(not bad, where, f"layer_types has unknown entries {bad}")
-        _need(
-            len(j["layer_types"]) == n,
-            where,
-            f"layer_types has {len(j['layer_types'])} entries, num_hidden_layers is {n}",
-        )
-        kinds = tuple(_HF_KIND[t] for t in j["layer_types"])
-    elif mt == "gemma2":
-        kinds = gemma2_kinds(n)
-    else:
-        kinds = gemma3_kinds(n, _num(j, "sliding_window_pattern", where, _num(j, "_sliding_window_pattern", where, 6)))
+    kinds = _attention_kinds(j, where, mt, n)
     base, scaling, fraction = _rope(j, where, set(kinds))
     head_dim = _num(j, "head_dim", where, d // heads)
     family = "gemma2" if mt == "gemma2" else ("embeddinggemma" if (bidir or encoder) else "gemma3")
@@ -188,3 +157,42 @@ def config_from_hf(j: dict[str, Any], *, where: str = "config.json", allow_unkno
         qk_norm=mt == "gemma3_text", causal=not bidir,
         **common,
     )  # fmt: skip
+
+
+def _recurrent_config(j: dict[str, Any], where: str, n: int, d: int, heads: int, common: dict) -> ModelConfig:
+    blocks = j.get("block_types") or ["recurrent", "recurrent", "attention"]
+    _need(isinstance(blocks, list), where, f"block_types must be a list, got {blocks!r}")
+    _need(set(blocks) <= {"recurrent", "attention"}, where, f"block_types {blocks} has an unknown entry")
+    kinds = tuple("recurrent" if blocks[i % len(blocks)] == "recurrent" else "local" for i in range(n))
+    base, scaling, fraction = _rope({"partial_rotary_factor": 0.5, **j}, where, {"local"})
+    head_dim = _num(j, "head_dim", where, d // heads)
+    _need(head_dim == d // heads, where, f"head_dim {head_dim} must equal hidden_size/heads = {d // heads}")
+    _need(j.get("embeddings_scale_by_sqrt_dim", True), where, "embeddings_scale_by_sqrt_dim=false is unsupported")
+    return ModelConfig(
+        family="recurrentgemma", layer_kinds=kinds, head_dim=head_dim,
+        ffn_dim=_num(j, "intermediate_size", where, minimum=2) // 2,  # HF's MLP halves intermediate_size
+        window=_num(j, "attention_window_size", where, 2048),
+        max_seq_len=_num(j, "max_position_embeddings", where, 8192),
+        query_scale=float(head_dim), rope_base=base, rope_scaling=scaling, rotary_fraction=fraction,
+        final_softcap=_num(j, "logits_soft_cap", where, 30.0, kind=float, minimum=0, positive=True),
+        post_norms=False, embed_scale_bf16=True,
+        mlp_bias=True, attn_out_bias=True, lru_width=_num(j, "lru_width", where, d),
+        conv_width=_num(j, "conv1d_width", where, 4), **common,
+    )  # fmt: skip
+
+
+def _attention_kinds(j: dict[str, Any], where: str, mt: str, n: int) -> tuple[str, ...]:
+    """Layer kinds of Gemma 2 / 3: HF's layer_types when given, else each family's pattern."""
+    if "layer_types" in j and j["layer_types"] is not None:
+        _need(isinstance(j["layer_types"], list), where, f"layer_types must be a list, got {j['layer_types']!r}")
+        bad = [t for t in j["layer_types"] if not isinstance(t, str) or t not in _HF_KIND]
+        _need(not bad, where, f"layer_types has unknown entries {bad}")
+        _need(
+            len(j["layer_types"]) == n,
+            where,
+            f"layer_types has {len(j['layer_types'])} entries, num_hidden_layers is {n}",
+        )
+        return tuple(_HF_KIND[t] for t in j["layer_types"])
+    if mt == "gemma2":
+        return gemma2_kinds(n)
+    return gemma3_kinds(n, _num(j, "sliding_window_pattern", where, _num(j, "_sliding_window_pattern", where, 6)))

@@ -118,43 +118,10 @@ def benchmark(artifact_dir: str | Path, profile: str = "phone-mid", *, repeats: 
     gen = torch.Generator().manual_seed(0)
     ids = lambda n: torch.randint(3, cfg.vocab_size, (n,), generator=gen).tolist()  # noqa: E731
     if not cfg.causal:
-        res["embed_ms"] = {}
-        for n in [n for n in (16, 128, 512) if n <= s.max_seq_len] or [s.max_seq_len]:
-            x = [ids(n)]
-            s.embed(x)
-            res["embed_ms"][n] = _stats([_timed(lambda x=x: s.embed(x))[0] * 1e3 for _ in range(repeats)])
-            progress(f"embed {n} tokens: {res['embed_ms'][n]['median']:.1f} ms")
+        res["embed_ms"] = _time_embed(s, ids, repeats, progress)
     else:
-        res["prefill_tok_s"], res["ttft_ms"], res["decode_tok_s"] = {}, {}, {}
-        for n in [n for n in (128, 512) if n < s.max_seq_len] or [max(1, s.max_seq_len // 2)]:
-            prompt = ids(n)
-            times = []
-            for _ in range(repeats):
-                s.reset()
-                times.append(_timed(lambda p=prompt: int(s.prefill(p).argmax()))[0])
-            res["prefill_tok_s"][n] = _stats([n / t for t in times])
-            res["ttft_ms"][n] = _stats([t * 1e3 for t in times])
-            progress(
-                f"prefill {n}: {res['prefill_tok_s'][n]['median']:.1f} tok/s, TTFT {res['ttft_ms'][n]['median']:.0f} ms"
-            )
-        # short artifacts (max_seq_len < 128 + decode_steps): one context, half-way, fewer steps
-        contexts = [c for c in (128, 1024, 4096) if c + decode_steps <= s.max_seq_len]
-        if not contexts and s.max_seq_len >= 2:
-            contexts = [s.max_seq_len // 2]
-            decode_steps = min(decode_steps, s.max_seq_len - contexts[0])
-        res["decode_steps"] = decode_steps
-        for ctx in contexts:
-            rates = []
-            s.reset()
-            s.prefill(ids(ctx))
-            for _ in range(min(4, s.max_seq_len - ctx)):  # warm-up: one-off allocation and page faults
-                s.decode(5)
-            for _ in range(repeats):
-                s.pos = ctx  # decode the same positions each repeat: the state before ctx is unchanged
-                t, _ = _timed(lambda: [s.decode(5) for _ in range(decode_steps)])
-                rates.append(decode_steps / t)
-            res["decode_tok_s"][ctx] = _stats(rates)
-            progress(f"decode at context {ctx}: {res['decode_tok_s'][ctx]['median']:.1f} tok/s")
+        res.update(_time_prefill(s, ids, repeats, progress))
+        res.update(_time_decode(s, ids, repeats, decode_steps, progress))
         res["roofline"] = _roofline(s, res, bw)
     res["generation_peak_rss_mib"] = peak_rss_mib()
     res["load_peak_rss_mib"] = load_peak
@@ -162,6 +129,53 @@ def benchmark(artifact_dir: str | Path, profile: str = "phone-mid", *, repeats: 
     res["model_rss_mib"] = res["generation_peak_rss_mib"] - base_rss  # what the loaded model adds while running
     res["runtime_rss_mib"] = base_rss - before_runtime  # the runtime's libraries, imported before the model
     res["within_budget"] = res["peak_rss_mib"] <= prof.memory_budget_mib
+    return res
+
+
+def _time_embed(s, ids, repeats: int, progress) -> dict:
+    out = {}
+    for n in [n for n in (16, 128, 512) if n <= s.max_seq_len] or [s.max_seq_len]:
+        x = [ids(n)]
+        s.embed(x)
+        out[n] = _stats([_timed(lambda x=x: s.embed(x))[0] * 1e3 for _ in range(repeats)])
+        progress(f"embed {n} tokens: {out[n]['median']:.1f} ms")
+    return out
+
+
+def _time_prefill(s, ids, repeats: int, progress) -> dict:
+    res = {"prefill_tok_s": {}, "ttft_ms": {}}
+    for n in [n for n in (128, 512) if n < s.max_seq_len] or [max(1, s.max_seq_len // 2)]:
+        prompt = ids(n)
+        times = []
+        for _ in range(repeats):
+            s.reset()
+            times.append(_timed(lambda p=prompt: int(s.prefill(p).argmax()))[0])
+        res["prefill_tok_s"][n] = _stats([n / t for t in times])
+        res["ttft_ms"][n] = _stats([t * 1e3 for t in times])
+        tok_s, ttft = res["prefill_tok_s"][n]["median"], res["ttft_ms"][n]["median"]
+        progress(f"prefill {n}: {tok_s:.1f} tok/s, TTFT {ttft:.0f} ms")
+    return res
+
+
+def _time_decode(s, ids, repeats: int, decode_steps: int, progress) -> dict:
+    # short artifacts (max_seq_len < 128 + decode_steps): one context, half-way, fewer steps
+    contexts = [c for c in (128, 1024, 4096) if c + decode_steps <= s.max_seq_len]
+    if not contexts and s.max_seq_len >= 2:
+        contexts = [s.max_seq_len // 2]
+        decode_steps = min(decode_steps, s.max_seq_len - contexts[0])
+    res = {"decode_steps": decode_steps, "decode_tok_s": {}}
+    for ctx in contexts:
+        rates = []
+        s.reset()
+        s.prefill(ids(ctx))
+        for _ in range(min(4, s.max_seq_len - ctx)):  # warm-up: one-off allocation and page faults
+            s.decode(5)
+        for _ in range(repeats):
+            s.pos = ctx  # decode the same positions each repeat: the state before ctx is unchanged
+            t, _ = _timed(lambda: [s.decode(5) for _ in range(decode_steps)])
+            rates.append(decode_steps / t)
+        res["decode_tok_s"][ctx] = _stats(rates)
+        progress(f"decode at context {ctx}: {res['decode_tok_s'][ctx]['median']:.1f} tok/s")
     return res
 
 
