@@ -5,6 +5,7 @@ gemma-edge export PRESET_OR_CHECKPOINT --backend executorch|onnx --quant 8da4w -
 gemma-edge verify ARTIFACT [--reference PRESET_OR_CHECKPOINT]
 gemma-edge bench ARTIFACT --profile NAME
 gemma-edge eval ARTIFACT_OR_CHECKPOINT [--text FILE] [--ctx 512 --chunks 8]
+gemma-edge qat PRESET_OR_CHECKPOINT --backend executorch --quant 8da4w --steps N -o CHECKPOINT_DIR
 gemma-edge demo [PRESET_OR_CHECKPOINT]      (the main job: export, verify, bench, one summary)
 """
 
@@ -45,6 +46,8 @@ def _export_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--allow-unknown-keys", action="store_true")
     p.add_argument("--ort-format", action="store_true", help="onnx: also write model.ort for ONNX Runtime Mobile")
+    p.add_argument("--allow-other-grid", action="store_true",
+                   help="export a QAT checkpoint with another backend or recipe than it was trained for")  # fmt: skip
     if demo:
         p.add_argument("-o", "--output", default="artifacts/demo")
         p.add_argument("--profile", default="phone-mid")
@@ -52,6 +55,25 @@ def _export_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     else:
         p.add_argument("-o", "--output", required=True)
         p.add_argument("--overwrite", action="store_true")
+
+
+def _qat_args(q: argparse.ArgumentParser) -> None:
+    from gemma_edge.qat_command import HELDOUT_TEXT, TRAIN_TEXTS, cmd_qat
+
+    q.add_argument("model", help="preset name, checkpoint dir or GGUF file (the fp32 teacher)")
+    q.add_argument("--backend", default="executorch", choices=["executorch", "onnx"], help="whose kernels to train for")
+    q.add_argument("--quant", default="8da4w", help="8da4w (executorch), int4 (executorch, onnx), optionally +emb4")
+    q.add_argument("--text", nargs="+", help=f"UTF-8 training text(s) (default: {', '.join(TRAIN_TEXTS)})")
+    q.add_argument("--eval-text", help=f"held-out text, never trained on (default: {HELDOUT_TEXT})")
+    q.add_argument("--steps", type=int, default=200)
+    q.add_argument("--seq-len", type=int, default=256)
+    q.add_argument("--batch", type=int, default=1)
+    q.add_argument("--lr", type=float, default=2e-5)
+    q.add_argument("--eval-every", type=int, default=50)
+    q.add_argument("--group-size", type=int, default=32)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
+    q.set_defaults(fn=cmd_qat)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("-o", "--output", help="report directory (default ARTIFACT/eval)")
     ev.set_defaults(fn=cmd_eval)
+    q = sub.add_parser("qat", help="QAT by self-distillation into a checkpoint that export takes")
+    _qat_args(q)
     dm = sub.add_parser("demo", help="the main job: export the real 270M (int4+emb4 .onnx), verify, bench, summary")
     _export_args(dm, demo=True)
     dm.set_defaults(fn=cmd_demo)

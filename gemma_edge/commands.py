@@ -40,6 +40,22 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _qat_ptq(args, source: str, src: dict) -> str:
+    """The PTQ method for this export: a QAT checkpoint's own grid by round-to-nearest (its record
+    goes into the manifest's source), else --ptq."""
+    from gemma_edge.qat_command import check_qat_export, qat_record
+    from gemma_edge.quant import parse_recipe
+
+    record = qat_record(source) if Path(source).is_dir() else None
+    if record is None:
+        return args.ptq
+    recipe = parse_recipe(args.quant, args.group_size, args.ptq)
+    ptq = check_qat_export(record, args.backend, recipe, getattr(args, "allow_other_grid", False))
+    src["qat"] = {k: record[k] for k in ("backend", "recipe", "grid", "teacher", "steps", "tokens")}
+    print(f"      QAT checkpoint for {record['backend']} {record['recipe']['name']}: 4-bit codes by {ptq}")
+    return ptq
+
+
 def _do_export(args, source: str, out: Path) -> Path:
     from gemma_edge.export import export
 
@@ -47,12 +63,13 @@ def _do_export(args, source: str, out: Path) -> Path:
     print(f"[0/4] load {source}")
     allow = getattr(args, "allow_unknown_keys", False)
     model, tok, src = resolve(source, args.seed, allow)
+    ptq = _qat_ptq(args, source, src)
     reference = lambda: resolve(source, args.seed, allow, tokenizer=False)[0]  # noqa: E731
     # Quantize the loaded model in place and rebuild the fp32 reference for verify afterwards: half
     # the peak memory of keeping both.
     return export(
         model, args.backend, args.quant, args.max_seq_len, args.ops, out, prefill_chunk=args.prefill_chunk,
-        group_size=args.group_size, ptq=args.ptq, tokenizer_path=tok, verify=not args.no_verify,
+        group_size=args.group_size, ptq=ptq, tokenizer_path=tok, verify=not args.no_verify,
         overwrite=args.overwrite, inplace=True, reference=reference,
         source=src, options={"ort_format": True} if args.ort_format else None,
         progress=lambda m: print(f"{time.perf_counter() - t0:7.1f}s {m}", flush=True),
@@ -101,7 +118,7 @@ def cmd_eval(args) -> int:
             raise InputError(f"{p} has no tokenizer.model: eval needs one to tokenize {text}")
         tok, target = session.tokenizer, session
         m = read_manifest(p)
-        reference = None if args.no_reference else reference_from_manifest(m, args.reference, args.seed)
+        reference = None if args.no_reference else reference_from_manifest(m, args.reference, args.seed, teacher=True)
         title = f"{p.name}: {m['backend']} {m['recipe']['name']} ({m['ops']} ops)"
     else:
         target, tok_path, _ = resolve(args.target, args.seed)

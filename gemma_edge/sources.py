@@ -38,10 +38,14 @@ def resolve(source: str, seed: int, allow_unknown: bool = False, tokenizer: bool
     return models.build(source, seed=seed), None, {"preset": source, "seed": seed}
 
 
-def reference_from_manifest(manifest: dict, override: str | None, seed: int):
+def reference_from_manifest(manifest: dict, override: str | None, seed: int, *, teacher: bool = False):
+    """The eager model an artifact is compared with: ``override``, else its source; with ``teacher``,
+    a QAT checkpoint's own fp32 teacher instead (what "KL vs fp32" means to a user)."""
     if override:
         return resolve(override, seed, tokenizer=False)[0]
     src = manifest.get("source") or {}
+    if teacher and (src.get("qat") or {}).get("teacher"):
+        src = src["qat"]["teacher"]
     if "preset" in src:
         return resolve(src["preset"], src.get("seed", 0), tokenizer=False)[0]
     if "checkpoint" in src and Path(src["checkpoint"]).exists():
