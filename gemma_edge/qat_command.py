@@ -51,9 +51,9 @@ def _ids(model, tok_path, args):
     if tok_path is None:
         g = torch.Generator().manual_seed(args.seed)
         rand = lambda n: torch.randint(3, model.config.vocab_size, (n,), generator=g).tolist()  # noqa: E731
-        n = args.steps * args.seq_len
+        n = max(args.steps * args.batch * args.seq_len, 16 * args.seq_len)
         return (
-            rand(max(n, 4 * args.seq_len)),
+            rand(n),
             rand(4 * args.seq_len),
             None,
             {"train": "random ids", "heldout": "random ids"},
@@ -64,13 +64,27 @@ def _ids(model, tok_path, args):
 
 
 def cmd_qat(args) -> int:
-    from gemma_edge.models.save import save
-    from gemma_edge.quant import parse_recipe
-    from gemma_edge.quant.qat import QAT_FILE, qat
+    from gemma_edge.quant import qat_dist
 
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"-o {out} exists and is not an empty directory")
+    distributed = qat_dist.init_from_env()  # under torchrun: one process per rank, FSDP2
+    try:
+        return _run_qat(args, out)
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _run_qat(args, out: Path) -> int:
+    from gemma_edge.models.save import save
+    from gemma_edge.quant import parse_recipe, qat_dist
+    from gemma_edge.quant.qat import QAT_FILE, qat
+
     recipe = parse_recipe(args.quant, args.group_size, "rtn")
     t0 = time.perf_counter()
     print(f"load {args.model}")
@@ -82,8 +96,11 @@ def cmd_qat(args) -> int:
         model, recipe, train_ids, target=args.backend, steps=args.steps, seq_len=args.seq_len, batch=args.batch,
         lr=args.lr, eval_ids=held_ids, eval_every=args.eval_every, bos=bos, seed=args.seed,
     )  # fmt: skip
+    rank, world = qat_dist.rank_world()
+    if rank != 0:
+        return 0
     record = {**report.to_dict(), "backend": args.backend, "recipe": recipe.to_dict(), "teacher": src,
-              "texts": texts}  # fmt: skip
+              "texts": texts, "processes": world}  # fmt: skip
     save(student, out, extra={QAT_FILE: record}, files={"tokenizer.model": tok_path} if tok_path else None)
     for h in report.history:
         print(f"  step {h['step']:>5}: held-out KL {h['kl']:.4f}  PPL {h['ppl']:.3f}  top-1 {h['top1']:.3f}")

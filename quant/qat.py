@@ -209,14 +209,20 @@ def _student(model: nn.Module, recipe: Recipe, target: str) -> nn.Module:
 
 def qat(model: nn.Module, recipe: Recipe, train_ids: Sequence[int], *, target: str = "executorch", steps: int = 100,
         seq_len: int = 256, batch: int = 1, lr: float = 2e-5, eval_ids: Sequence[int] | None = None,
-        eval_every: int = 25, bos: int | None = 2, seed: int = 0, grad_checkpoint: bool = True, progress: bool = True,
-        step_hook: Callable[[nn.Module], None] | None = None) -> tuple[nn.Module, QATReport]:  # fmt: skip
+        eval_every: int = 25, bos: int | None = 2, seed: int = 0, grad_checkpoint: bool = True,
+        progress: bool = True) -> tuple[nn.Module, QATReport]:  # fmt: skip
     """Fine-tune a copy of ``model`` with ``recipe``'s fake quantization on ``target`` to match the
     fp32 model's token distributions on ``train_ids``; return (fp32 student, report).
 
     Every trainable weight trains (norms too), with AdamW and ``_schedule``; ``eval_ids`` (never
-    trained on) are scored every ``eval_every`` steps and at the end. ``step_hook(student)`` runs
-    after each backward, before the optimizer step (a distributed trainer averages gradients there)."""
+    trained on) are scored every ``eval_every`` steps and at the end. In a torch.distributed process
+    group (quant/qat_dist.py), both models are sharded with FSDP2 and each of the ``world`` processes
+    trains on its share of every batch of ``batch`` rows: the same steps as one process."""
+    from . import qat_dist
+
+    rank, world = qat_dist.rank_world()
+    if batch % world:
+        raise InputError(f"batch {batch} must be a multiple of the {world} processes")
     grid = supported(target, recipe)
     if not model.config.causal:
         raise InputError("QAT distills next-token distributions: it needs a causal LM, not an encoder")
@@ -226,7 +232,11 @@ def qat(model: nn.Module, recipe: Recipe, train_ids: Sequence[int], *, target: s
     held = _windows(eval_ids, seq_len, bos)[:4] if eval_ids else None
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     student = _student(model, recipe, target)
-    undo = _checkpointed(student) if grad_checkpoint else (lambda: None)
+    undo = lambda: None  # noqa: E731
+    if world > 1:
+        qat_dist.shard(student, teacher, grad_checkpoint)
+    elif grad_checkpoint:
+        undo = _checkpointed(student)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps))
@@ -241,21 +251,21 @@ def qat(model: nn.Module, recipe: Recipe, train_ids: Sequence[int], *, target: s
 
     t0 = time.perf_counter()
     evaluate(0)
+    progress = progress and rank == 0
     bar = tqdm(range(steps), desc="qat", unit="step", disable=not progress)
     for step in bar:
-        x = rows[torch.randint(len(rows), (batch,), generator=g)]
+        x = rows[torch.randint(len(rows), (batch,), generator=g)[rank::world]]
         with torch.no_grad():
             t_logits = teacher(x)
         with torch.enable_grad():  # also when called under no_grad
             loss = _kl(t_logits, student(x))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-        if step_hook is not None:
-            step_hook(student)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        bar.set_postfix(kl=f"{loss.item():.4f}", tok_s=f"{(step + 1) * x.numel() / (time.perf_counter() - t0):.0f}")
+        tok_s = (step + 1) * x.numel() * world / (time.perf_counter() - t0)
+        bar.set_postfix(kl=f"{loss.item():.4f}", tok_s=f"{tok_s:.0f}")
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1, train_kl=loss.item())
             if report.history and progress:
@@ -263,5 +273,7 @@ def qat(model: nn.Module, recipe: Recipe, train_ids: Sequence[int], *, target: s
                 bar.write(f"step {step + 1}: held-out KL {h['kl']:.4f}, PPL {h['ppl']:.2f}, top-1 {h['top1']:.3f}")
     report.wall_s = time.perf_counter() - t0
     undo()
+    if world > 1:
+        student = qat_dist.full_copy(student, _student(model, recipe, target))
     remove_fake_quant(student)
     return student.eval().requires_grad_(False), report

@@ -120,3 +120,26 @@ def test_cli_qat_checkpoint_exports_on_its_own_grid(tmp_path, capsys):
     assert main(["export", str(ck), "--backend", "onnx", "--quant", "int4", "--max-seq-len", "64", "-o", str(d)]) == 0
     m = json.loads((d / "manifest.json").read_text())
     assert m["recipe"]["ptq"] == "rtn" and m["source"]["qat"]["grid"] == "onnx" and m["parity"]["missed"] == []
+
+
+def test_two_processes_under_torchrun_train_as_one(tmp_path):
+    """The same command under torchrun (2 processes, gloo, FSDP2, each training on half of every
+    batch) gives the weights one process gives."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    args = ["qat", "tiny-gemma3", "--steps", "3", "--seq-len", "16", "--batch", "2", "--lr", "1e-3"]
+    one = [sys.executable, "-m", "gemma_edge.cli", *args, "-o", str(tmp_path / "one")]
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "gemma_edge.cli", *args,
+           "-o", str(tmp_path / "two")]  # fmt: skip
+    for cmd in (one, two):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    rec = {k: json.loads((tmp_path / k / QAT_FILE).read_text()) for k in ("one", "two")}
+    assert rec["one"]["processes"] == 1 and rec["two"]["processes"] == 2
+    # each process saw half of each batch: rank 0's own loss is not the batch's
+    assert rec["one"]["history"][-1]["train_kl"] != rec["two"]["history"][-1]["train_kl"]
+    a, b = (load_file(tmp_path / k / "model.safetensors") for k in ("one", "two"))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
