@@ -141,6 +141,7 @@ class QATReport:
     tokens: int
     lr: float
     wall_s: float = 0.0
+    peak_rss_mib: float = 0.0  # the process's peak resident memory by the end of training
     history: list[dict] = field(default_factory=list)  # per eval: step, train KL, held-out KL / PPL / top-1
 
     def to_dict(self) -> dict:
@@ -272,6 +273,9 @@ def qat(model: nn.Module, recipe: Recipe, train_ids: Sequence[int], *, target: s
                 h = report.history[-1]
                 bar.write(f"step {step + 1}: held-out KL {h['kl']:.4f}, PPL {h['ppl']:.2f}, top-1 {h['top1']:.3f}")
     report.wall_s = time.perf_counter() - t0
+    import resource
+
+    report.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     undo()
     if world > 1:
         student = qat_dist.full_copy(student, _student(model, recipe, target))

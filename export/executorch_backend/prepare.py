@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gemma_edge import quant
 from gemma_edge.models import fuse_projections, untie_head, use_custom_ops
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.layers import RMSNorm
@@ -42,16 +43,11 @@ def _swap_norms(module: nn.Module) -> None:
             _swap_norms(child)
 
 
-def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True, calibration=None) -> nn.Module:
-    """The model (a private copy unless ``copy_model`` is False) quantized per the recipe (4-bit
-    codes chosen by ``recipe.ptq`` on XNNPACK's grid, calibrated on the ids ``calibration``), routed
-    through the custom ops if fused, with XNNPACK-friendly norms."""
-    model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
-    _swap_norms(model)
-    fuse_projections(model)  # one XNNPACK linear for q/k/v and one for gate/up
-    shared = ops == "fused" and model.config.causal and getattr(model, "lm_head", 1) is None
-    if recipe.embedding_bits is not None and not shared:
-        untie_head(model)  # stock ops: the head is an XNNPACK linear, which keeps its own copy
+@quant.register("executorch")
+def _quantize(model: nn.Module, recipe: Recipe, calibration=None, shared: bool = False) -> dict:
+    """ExecuTorch's quantization handler (quant.apply): 4-bit codes by ``recipe.ptq`` on XNNPACK's
+    grid (8da4w, through torchao) or our kernel's (weight-only int4 linears, KernelLinear); with
+    ``shared``, one stored table for the lookup and gemma_edge::table_head (table.py)."""
     table_scales = None
     if recipe.is_quantized:
         weight_only = recipe.weight_bits == 4 and not recipe.dynamic_activations  # int4: our kernel's linears
@@ -63,8 +59,22 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True,
             kernel_linears(model, recipe.group_size, scales, grid)
             rest = dataclasses.replace(rest, weight_bits=None)  # torchao: at most the (untied) table
         quantize_for_executorch(model, rest, scales)
-    if shared:  # one stored table for the lookup and gemma_edge::table_head (export/executorch_backend/table.py)
+    if shared:
         share_table(model, recipe.embedding_bits, recipe.group_size, table_scales)
+    return {}
+
+
+def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True, calibration=None) -> nn.Module:
+    """The model (a private copy unless ``copy_model`` is False) quantized per the recipe (4-bit
+    codes chosen by ``recipe.ptq`` on XNNPACK's grid, calibrated on the ids ``calibration``), routed
+    through the custom ops if fused, with XNNPACK-friendly norms."""
+    model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
+    _swap_norms(model)
+    fuse_projections(model)  # one XNNPACK linear for q/k/v and one for gate/up
+    shared = ops == "fused" and model.config.causal and getattr(model, "lm_head", 1) is None
+    if recipe.embedding_bits is not None and not shared:
+        untie_head(model)  # stock ops: the head is an XNNPACK linear, which keeps its own copy
+    quant.apply(model, recipe, "executorch", calibration=calibration, shared=shared)
     if ops == "fused":
         use_custom_ops(model)
     return model

@@ -6,12 +6,12 @@ import copy
 
 from torch import nn
 
+from gemma_edge import quant
 from gemma_edge.models import ops
 from gemma_edge.models.attention import AttentionCore, set_core
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.recurrent import RGLRU
-from gemma_edge.quant import Recipe, ptq
-from gemma_edge.quant.smooth import smooth_pre_norms
+from gemma_edge.quant import Recipe
 
 
 def _composite_attention(q, k, v, q_pos, k_pos, window, scale, softcap, causal):
@@ -68,10 +68,7 @@ def prepare(model: nn.Module, recipe: Recipe, ops_mode: str, copy_model: bool = 
     SmoothQuant scales (quant/smooth.py): LiteRT's int4 kernels quantize each activation row to int8
     on the fly. Measured eager on the real 270M (Hamlet 8 x 512, GPTQ): 1.165x -> 1.138x fp32 PPL."""
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
-    if recipe.weight_bits == 4:
-        if calibration:
-            smooth_pre_norms(model, calibration, alpha=SMOOTH_ALPHA)
-        ptq.optimize(model, recipe, ptq.GRIDS["litert"], calibration, table=True)
+    quant.apply(model, recipe, "litert", calibration=calibration, smooth_alpha=SMOOTH_ALPHA)
     if ops_mode == "fused":
         set_core(model, CompositeAttentionCore())
         for m in model.modules():

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gemma_edge import quant
 from gemma_edge.models import fuse_projections
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.layers import RMSNorm
-from gemma_edge.quant import Recipe, ptq
-from gemma_edge.quant.nbits import quantize_for_onnx
+from gemma_edge.quant import Recipe
 
 from ..backend import Prepared
 from .stateful import use_stateful_ops
@@ -67,10 +67,7 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True,
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     _swap_norms(model)
     fuse_projections(model)  # one MatMul(NBits) for q/k/v and one for gate/up
-    notes = {}
-    if recipe.is_quantized:
-        scales = ptq.optimize(model, recipe, ptq.GRIDS["onnx"], calibration) if recipe.has_int4 else {}
-        notes["quantization"] = quantize_for_onnx(model, recipe, scales)
+    notes = quant.apply(model, recipe, "onnx", calibration=calibration)
     if ops == "fused" and model.config.causal:  # lower() trims the RoPE tables to max_seq_len
         use_stateful_ops(model, model.config.max_seq_len, attention=gqa_fits(model.config))
     return Prepared(model, notes)
