@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from quality import N_PARAMS, cli  # noqa: E402
+from quality import cli, score  # noqa: E402
 
 OUT = HERE / "results" / "qat_gemma3-270m"
 
@@ -38,15 +38,7 @@ def export_and_eval(src: Path, art: Path, ptq: str | None, teacher: Path, log: P
         return row
     m = json.loads((art / "manifest.json").read_text())
     row["ptq"] = m["recipe"]["ptq"]
-    files = [p for p in art.iterdir() if p.is_file() and p.name not in ("manifest.json", "tokenizer.model")]
-    row["bpw"] = 8 * sum(p.stat().st_size for p in files) / N_PARAMS
-    rc, row["eval_wall_s"] = cli("eval", str(art), "--reference", str(teacher), "-o", str(art / "eval"), log=log)
-    if rc != 0:
-        row["error"] = f"eval exited {rc} (see {log})"
-        return row
-    ev = json.loads((art / "eval" / "eval.json").read_text())
-    row.update({k: ev[k] for k in ("ppl", "ppl_err", "reference_ppl", "ppl_ratio", "kl_mean", "kl_p99", "top1")})
-    return row
+    return score(art, row, log, "--reference", str(teacher))
 
 
 def markdown(res: dict) -> str:

@@ -82,10 +82,15 @@ def measure(src: Path, backend: str, recipe: str, gs: int, work: Path, threads: 
     if m.get("parity"):
         row["parity"] = m["parity"]["results"]
     row["export_timings"] = m.get("export_timings")
+    return score(art, row, log, "--threads", str(threads))
+
+
+def score(art: Path, row: dict, log: Path, *eval_args: str) -> dict:
+    """Bits per weight of an artifact and its ``gemma-edge eval`` figures, into ``row``."""
     files = [p for p in art.iterdir() if p.is_file() and p.name not in ("manifest.json", "tokenizer.model")]
     row["file_bytes"] = sum(p.stat().st_size for p in files)
     row["bpw"] = 8 * row["file_bytes"] / N_PARAMS
-    rc, row["eval_wall_s"] = cli("eval", str(art), "--threads", str(threads), "-o", str(art / "eval"), log=log)
+    rc, row["eval_wall_s"] = cli("eval", str(art), *eval_args, "-o", str(art / "eval"), log=log)
     if rc != 0:
         row["error"] = f"eval exited {rc} (see {log})"
         return row
