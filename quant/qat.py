@@ -13,7 +13,8 @@ Fake quantization per (target, recipe):
   export quantizes with (quant/torchao_apply.py): int8 per-token asymmetric activations, int4
   symmetric weights in groups, torchao's max/7.5 scales.
 * ``executorch`` ``int4`` and ``onnx`` ``int4`` (``+emb4``: the table too): weight-only int4 on the
-  backend's grid (quant/ptq.py GRIDS: codes -8..7, scale absmax/8 rounded to fp16), with a
+  backend's grid and rule (codes -8..7, fp16 scales: ONNX's signed extreme / -8 of quant/nbits.py,
+  our kernel's absmax / 8 of quant/ptq.py), with a
   straight-through gradient.
 
 LiteRT is not offered: its 4-bit export also folds SmoothQuant scales into the norms and quantizes
