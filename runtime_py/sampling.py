@@ -1,4 +1,10 @@
-"""Token sampling: greedy, or temperature with optional top-k / top-p, reproducible with a seed."""
+"""Token sampling: greedy, or temperature with optional top-k / top-p, reproducible with a seed.
+
+The draw is portable: SplitMix64 gives the uniform number and the token is the first whose running
+sum of exp(logit - max) exceeds it times the total, all in float64 in index order. The Android
+core's sampler (android_demo/core, Sampler.java) is the same algorithm, so a seed picks the same
+tokens in Python and on the phone; its tests check that against files this module's Session writes.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,31 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gemma_edge.models.errors import InputError
 
-__all__ = ["Sampler"]
+__all__ = ["Sampler", "SplitMix64"]
+
+_M64 = (1 << 64) - 1
+
+
+class SplitMix64:
+    """Steele, Lea and Flood's SplitMix64; ``next_double`` is uniform in [0, 1) with 53 bits."""
+
+    def __init__(self, seed: int) -> None:
+        self.state = seed & _M64
+
+    def next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & _M64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        return z ^ (z >> 31)
+
+    def next_double(self) -> float:
+        return (self.next() >> 11) * 2.0**-53
 
 
 @dataclass
@@ -28,19 +54,25 @@ class Sampler:
             raise InputError(f"top_k must be an integer >= 0, got {self.top_k!r}")
         if not num(self.top_p) or not 0 < self.top_p <= 1:  # NaN fails the comparison too
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
-        self._gen = torch.Generator().manual_seed(self.seed if self.seed is not None else 0)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
+        self._rng = SplitMix64(self.seed if self.seed is not None else 0)
 
     def __call__(self, logits: torch.Tensor) -> int:
         logits = logits.reshape(-1).float()
         if self.temperature == 0:
             return int(logits.argmax())
-        logits = logits / self.temperature
-        if self.top_k:
-            kth = torch.topk(logits, min(self.top_k, logits.numel())).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+        x = logits.double().numpy() / float(self.temperature)
+        n = x.size
+        if 0 < self.top_k < n:
+            kth = np.sort(x)[n - self.top_k]
+            x[x < kth] = -np.inf
         if self.top_p < 1:
-            sorted_logits, idx = torch.sort(logits, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) > self.top_p  # keep the smallest set reaching top_p
-            logits = logits.scatter(0, idx[drop], float("-inf"))
-        return int(torch.multinomial(logits.softmax(-1), 1, generator=self._gen))
+            order = np.argsort(-x, kind="stable")
+            e = np.exp(x[order] - x[order[0]])
+            p = e / np.cumsum(e)[-1]
+            drop = np.cumsum(p) - p > self.top_p  # keep the smallest set reaching top_p
+            x[order[drop]] = -np.inf
+        c = np.cumsum(np.exp(x - x.max()))
+        i = int(np.searchsorted(c, self._rng.next_double() * c[-1], side="right"))
+        return min(i, n - 1)
