@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--profile", default="phone-mid")
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("-o", "--output", help="report directory (default ARTIFACT/bench)")
+    b.add_argument("--adb", metavar="SERIAL", help="run on this attached Android device, with the runtime's own "
+                   "benchmark binary (pushed to /data/local/tmp/gemma-edge/bin) instead of the profile")  # fmt: skip
+    b.add_argument("--threads", type=int, default=4, help="threads on the device (with --adb)")
     b.set_defaults(fn=cmd_bench)
     ev = sub.add_parser("eval", help="perplexity, KL and top-1 vs fp32 on real text (llama-perplexity's scheme)")
     ev.add_argument("target", help="artifact directory, checkpoint directory, GGUF file or preset")

@@ -148,6 +148,11 @@ def cmd_eval(args) -> int:
 def cmd_bench(args) -> int:
     from gemma_edge.runtime_py.bench import benchmark, markdown, write_reports
 
+    if args.adb:
+        from gemma_edge.adb_bench import bench_on_device
+
+        print(bench_on_device(args.artifact, args.adb, threads=args.threads))
+        return 0
     res = benchmark(args.artifact, args.profile, repeats=args.repeats)
     out = Path(args.output or Path(args.artifact) / "bench")
     paths = write_reports(res, out)

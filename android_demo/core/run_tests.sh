@@ -15,5 +15,7 @@ trap 'rm -rf "$out"' EXIT
 # --release 11: the language level and library the app module targets (Android's desugared Java 11)
 javac --release 11 -Xlint:all -Werror -d "$out/main" $(find "$here/src/main/java" -name '*.java')
 javac --release 11 -Xlint:all -Werror -cp "$out/main:$junit" -d "$out/test" $(find "$here/src/test/java" -name '*.java')
+# The app module cannot be compiled here (no android.jar, no runtime AARs): parse its sources.
+java "$here/../tools/ParseCheck.java" $(find "$here/../app/src" -name '*.java')
 tests=$(cd "$here/src/test/java" && find . -name '*Test.java' | sed 's|^\./||; s|\.java$||; s|/|.|g' | sort)
 java -Dgolden.dir="$golden" -cp "$out/main:$out/test:$junit:$hamcrest" org.junit.runner.JUnitCore $tests

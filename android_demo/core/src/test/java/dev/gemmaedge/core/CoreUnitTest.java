@@ -136,6 +136,15 @@ public class CoreUnitTest {
     }
 
     @Test
+    public void memoryReadoutParsesProcStatus() {
+        MemoryReadout m = MemoryReadout.parse("Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nThreads:\t4\n");
+        assertEquals(1024L * 1024, m.rssBytes);
+        assertEquals(2048L * 1024, m.peakRssBytes);
+        assertEquals(-1, MemoryReadout.parse("Name:\tx\n").rssBytes);
+        assertEquals("1 MiB", MemoryReadout.mib(m.rssBytes));
+    }
+
+    @Test
     public void jsonIsStrict() {
         Map<String, Object> m = Golden.map(Json.parse("{\"a\": [1, -2.5e3, \"x\\u00e9\\n\", true, null], \"b\": {}}"));
         assertEquals(Arrays.asList(1L, -2500.0, "x\u00e9\n", true, null), m.get("a"));

@@ -29,6 +29,10 @@ public class GoldenTokenizerTest {
                 List<Integer> ids = Golden.ints(c.get("ids"));
                 assertEquals(t.get("file") + ": encode " + text, ids, tok.encode(text));
                 assertEquals(t.get("file") + ": decode " + ids, c.get("decoded"), tok.decode(ids));
+                StreamDecoder stream = new StreamDecoder(tok);
+                StringBuilder shown = new StringBuilder();
+                for (int id : ids) shown.append(stream.push(id));
+                assertEquals(t.get("file") + ": streamed " + ids, c.get("decoded"), shown.toString());
                 checked++;
             }
         }
