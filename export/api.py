@@ -220,6 +220,7 @@ def export(
             "ops": ops, "max_seq_len": max_seq_len, "prefill_chunk": chunk, "methods": methods,
             "special_tokens": special, "metadata": metadata, "export_timings": timings, "parity": None,
         }  # fmt: skip
+        manifest.update(b.bundle(d, manifest, tok, progress=lambda m: progress(f"      {m}")))
         write_manifest(d, manifest)
         if verify:
             t0 = time.perf_counter()

@@ -64,6 +64,11 @@ class Backend(ABC):
     def lower(self, prepared: Prepared, req: LowerRequest, progress=lambda msg: None) -> dict:
         """Write the model file(s) into ``req.out``; return the method signatures for the manifest."""
 
+    def bundle(self, d: Path, manifest: dict, tokenizer: Path | None, progress=lambda msg: None) -> dict:
+        """After lowering (the tokenizer copied in): write any extra files a stock engine loads
+        (LiteRT: ``model.litertlm``); return manifest entries describing them."""
+        return {}
+
     def check_options(self, options: dict[str, Any]) -> None:
         unknown = sorted(set(options) - set(self.options))
         if unknown:

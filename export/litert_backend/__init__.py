@@ -50,6 +50,19 @@ class LiteRTBackend(FunctionBackend):
         runtime_version=runtime_version, check_supported=check_supported, prepare=prepare, lower=lower
     )
 
+    def bundle(self, d, manifest, tokenizer, progress=lambda msg: None) -> dict:
+        """``model.litertlm`` for LiteRT-LM (litertlm.py), for a causal LM with a tokenizer."""
+        if tokenizer is None or "decode" not in manifest["methods"]:
+            return {}
+        from .litertlm import LITERTLM_FILE, write_litertlm
+
+        progress(f"LiteRT-LM bundle: {LITERTLM_FILE}")
+        window = manifest["config"].get("window")
+        return {"litertlm": write_litertlm(d, family=manifest["family"], special=manifest["special_tokens"],
+                                           max_seq_len=manifest["max_seq_len"], window=window,
+                                           decode_inputs=manifest["methods"]["decode"]["inputs"],
+                                           tokenizer=d / "tokenizer.model")}  # fmt: skip
+
     def lowering_reference(self, model, recipe, ops, artifact_dir, prepared=None, calibration=None):
         """Quantization happens after lowering: the artifact's own weights, read back (reference.py),
         into the prepared model (whose norms carry the smoothing scales)."""
