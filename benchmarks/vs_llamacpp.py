@@ -15,8 +15,9 @@
 4. ``--rounds`` rounds; in each, every format runs once in a fresh process, in turn (interleaved, so
    the machine's drift falls on all alike): llama-bench ``-p 0 -n 32 -d CTX -r 1`` (decode 32 tokens
    after a CTX-token context), and our Session prefilling CTX random tokens, four warm-up steps,
-   then 32 timed decode steps. Peak RSS of each process (``ru_maxrss``); for ours also the RSS the
-   model adds over the imported runtime (the ``bench`` figure).
+   then 32 timed decode steps; and LiteRT-LM's own ``Benchmark`` on the LiteRT export's
+   ``model.litertlm`` (prefill CTX tokens, decode 32). Peak RSS of each process (``ru_maxrss``); for
+   ours also the RSS the model adds over the imported runtime (the ``bench`` figure).
 
 Results: ``results/vs_llamacpp_<model>.{json,md,png}``: medians over rounds and each format's ratio
 to llama.cpp Q4_0 ``--pure`` and Q4_0 at each context.
@@ -152,6 +153,30 @@ def measure_ours(d: Path, threads: int, contexts: list[int]) -> dict:
     return {**res, "process_peak_rss_mib": peak}
 
 
+LITERTLM_CHILD = """
+import json, sys
+import litert_lm
+path, threads, contexts, steps = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
+res = {"decode_tok_s": {}, "prefill_tok_s": {}}
+for ctx in contexts:
+    info = litert_lm.Benchmark(model_path=path, backend=litert_lm.Backend.CPU(thread_count=threads), prefill_tokens=ctx,
+                               decode_tokens=steps, max_num_tokens=ctx + steps + 8).run()
+    res["decode_tok_s"][ctx] = info.last_decode_tokens_per_second
+    res["prefill_tok_s"][ctx] = info.last_prefill_tokens_per_second
+print(json.dumps(res))
+"""
+
+
+def measure_litertlm(bundle: Path, threads: int, contexts: list[int]) -> dict:
+    """LiteRT-LM's own Benchmark on our model.litertlm (prefill CTX tokens, then decode)."""
+    out, peak = peak_rss_child([sys.executable, "-c", LITERTLM_CHILD, bundle, threads, json.dumps(contexts),
+                                DECODE_STEPS], cwd=ROOT)  # fmt: skip
+    res = json.loads(out.strip().splitlines()[-1])
+    res = {k: {int(c): v for c, v in d.items()} for k, d in res.items()}
+    return {**res, "process_peak_rss_mib": peak}
+
+
 def measure_llama(bins: Path, gguf: Path, threads: int, contexts: list[int]) -> dict:
     depths = ",".join(map(str, contexts))
     cmd = [bins / "llama-bench", "-m", gguf, "-p", "0", "-n", DECODE_STEPS, "-d", depths, "-t", threads, "-r", "1",
@@ -162,10 +187,13 @@ def measure_llama(bins: Path, gguf: Path, threads: int, contexts: list[int]) -> 
 
 
 def file_bytes(label: str, path: Path) -> int:
+    """The model file(s) a runtime maps: the GGUF, or the artifact's files but the tokenizer, the
+    JSON and the LiteRT-LM bundle (a second copy of the .tflite, measured on its own row)."""
     if path.is_file():
         return path.stat().st_size
     m = json.loads((path / "manifest.json").read_text())
-    return sum((path / f).stat().st_size for f in m["files"] if f != "tokenizer.model" and not f.endswith(".json"))
+    skip = ("tokenizer.model", "model.litertlm", "model.ort")
+    return sum((path / f).stat().st_size for f in m["files"] if f not in skip and not f.endswith(".json"))
 
 
 def summarize(rounds: list[dict], files: dict[str, int], contexts: list[int]) -> dict:
@@ -242,6 +270,8 @@ def main() -> None:
     ggufs, source = ggufs_for(a.model, bins, src, root, a.threads)
     ours = export_ours(source, ROOT / "artifacts" / "vs_llamacpp" / a.model, a.skip_export)
     files = {**{k: file_bytes(k, v) for k, v in ggufs.items()}, **{k: file_bytes(k, v) for k, v in ours.items()}}
+    if (ours["LiteRT int4"] / "model.litertlm").is_file():
+        files["LiteRT-LM (our model.litertlm)"] = (ours["LiteRT int4"] / "model.litertlm").stat().st_size
     rounds = []
     for r in range(a.rounds):
         this = {}
@@ -251,6 +281,10 @@ def main() -> None:
         for label, d in ours.items():
             this[label] = measure_ours(d, a.threads, a.contexts)
             log(f"round {r + 1} {label}: {this[label]['decode_tok_s']}")
+            if (d / "model.litertlm").is_file():
+                lm = "LiteRT-LM (our model.litertlm)"
+                this[lm] = measure_litertlm(d / "model.litertlm", a.threads, a.contexts)
+                log(f"round {r + 1} {lm}: {this[lm]['decode_tok_s']}")
         rounds.append(this)
     res = {"model": a.model, "threads": a.threads, "rounds": a.rounds, "contexts": a.contexts,
            "decode_steps": DECODE_STEPS, "llama_cpp": {k: v for k, v in built.items() if k != "cached"},

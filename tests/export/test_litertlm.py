@@ -19,7 +19,7 @@ def tok(tmp_path_factory):
     return hf_checkpoints.write_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
 
 
-@pytest.mark.parametrize("preset", ["tiny-gemma3", "tiny-gemma2"])
+@pytest.mark.parametrize("preset", ["tiny-gemma3", pytest.param("tiny-gemma2", marks=pytest.mark.slow)])
 def test_litertlm_generates_what_our_session_generates(preset, tok, tmp_path):
     sp = models.Tokenizer(tok, "gemma3")
     model = models.build(models.get_preset(preset).replace(vocab_size=sp.vocab_size), seed=0)
