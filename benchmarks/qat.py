@@ -24,6 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+import report  # noqa: E402
 from quality import cli, score  # noqa: E402
 
 OUT = HERE / "results" / "qat_gemma3-270m"
@@ -122,10 +123,7 @@ def main() -> None:
         k: (rows[k]["ppl"] - rows["QAT"]["ppl"]) / (rows[k]["ppl"] - res["fp32_ppl"])
         for k in ("PTQ rtn", "PTQ gptq") if "ppl" in rows.get(k, {}) and "ppl" in rows.get("QAT", {})
     }  # fmt: skip
-    OUT.with_suffix(".json").write_text(json.dumps(res, indent=2))
-    OUT.with_suffix(".md").write_text(markdown(res))
-    plot(res, OUT.with_suffix(".png"))
-    print(markdown(res))
+    report.save(OUT, res, markdown, plot)
 
 
 if __name__ == "__main__":

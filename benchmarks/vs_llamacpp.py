@@ -40,6 +40,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import llamacpp  # noqa: E402
+import report  # noqa: E402
 
 OURS = {
     "ExecuTorch 8da4w+emb4 fused": ["--backend", "executorch", "--quant", "8da4w+emb4", "--ops", "fused"],
@@ -290,11 +291,7 @@ def main() -> None:
            "decode_steps": DECODE_STEPS, "llama_cpp": {k: v for k, v in built.items() if k != "cached"},
            "ggufs": {k: str(v) for k, v in ggufs.items()}, "artifacts": {k: str(v) for k, v in ours.items()},
            "rows": summarize(rounds, files, a.contexts), "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
-    out = HERE / "results" / f"vs_llamacpp_{a.model}"
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
-    plot(res, out.with_suffix(".png"))
-    print(markdown(res))
+    report.save(HERE / "results" / f"vs_llamacpp_{a.model}", res, markdown, plot)
 
 
 if __name__ == "__main__":
