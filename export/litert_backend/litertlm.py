@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gemma_edge.models.errors import ExportError
+
 __all__ = ["LITERTLM_FILE", "write_litertlm", "bundle_tflite"]
 
 LITERTLM_FILE = "model.litertlm"
@@ -38,7 +40,14 @@ def bundle_tflite(src: Path, dst: Path) -> list[str]:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as S
 
-    model = S.ModelT.InitFromPackedBuf(bytearray(src.read_bytes()), 0)
+    raw = bytearray(src.read_bytes())
+    model = S.ModelT.InitFromPackedBuf(raw, 0)
+    expected = 0
+    for buf in model.buffers:  # data stored after the flatbuffer (offset/size), as ai-edge-quantizer
+        if buf.offset > 1:  # writes it: inline it, the offsets would not survive the repack
+            buf.data = np.frombuffer(raw, np.uint8, count=buf.size, offset=buf.offset)
+            buf.offset = buf.size = 0
+        expected += 0 if buf.data is None else len(buf.data)
     sigs = {_key(s): s for s in model.signatureDefs}
     if "prefill_1" not in sigs:
         alias = S.SignatureDefT()
@@ -74,6 +83,10 @@ def bundle_tflite(src: Path, dst: Path) -> list[str]:
     finally:
         S.BufferT.Pack = original
     dst.write_bytes(b.Output())
+    check = S.ModelT.InitFromPackedBuf(bytearray(dst.read_bytes()), 0)
+    got = sum(0 if buf.data is None else len(buf.data) for buf in check.buffers)
+    if got != expected or any(buf.offset > 1 for buf in check.buffers):
+        raise ExportError(f"the LiteRT-LM copy of {src.name} holds {got} bytes of weights, the original {expected}")
     return [_key(s) for s in model.signatureDefs]
 
 

@@ -4,12 +4,13 @@ global caches) and Gemma 2, with the ring wrapping several times."""
 
 import pytest
 
-import hf_checkpoints
 from gemma_edge import models
 from gemma_edge.export import export
 from gemma_edge.models.errors import ArtifactError
 from gemma_edge.runtime_py import load, load_litertlm
 from gemma_edge.runtime_py.manifest import read_manifest
+
+import hf_checkpoints
 
 PROMPT = "the quick brown fox jumps over the lazy dog. Gemma runs on phones"
 
@@ -40,5 +41,23 @@ def test_litertlm_generates_what_our_session_generates(preset, tok, tmp_path):
 
 def test_an_artifact_without_a_bundle_is_refused(artifact):
     d = artifact("tiny-gemma3", backend="litert")  # no tokenizer: no bundle
-    with pytest.raises(ArtifactError, match="has no model.litertlm"):
+    with pytest.raises(ArtifactError, match=r"has no model\.litertlm"):
         load_litertlm(d)
+
+
+@pytest.mark.slow
+def test_litertlm_on_the_real_gemma3_270m(tmp_path):
+    """The real model's int4 .tflite keeps its weights after the flatbuffer (offset buffers, as
+    ai-edge-quantizer writes them); the bundle must carry them: LiteRT-LM's text == our Session's."""
+    from gemma_edge import fixtures
+    from gemma_edge.sources import gguf_tokenizer_file
+
+    src = fixtures.real_gemma3_270m()
+    d = export(models.load(src), "litert", "int4", 256, "portable", tmp_path / "art",
+               tokenizer_path=gguf_tokenizer_file(src), verify=False, progress=lambda m: None)  # fmt: skip
+    stops = read_manifest(d)["litertlm"]["stop_tokens"]
+    ours = load(d, threads=2)
+    prompt = "To be, or not to be, that is the question:"
+    ids = ours.generate(prompt, max_new_tokens=24, stop_tokens=stops)
+    want = ours.tokenizer.decode([i for i in ids if i not in stops])
+    assert len(want) > 20 and load_litertlm(d, threads=2).generate(prompt, max_new_tokens=24) == want
