@@ -122,7 +122,7 @@ def export_ours(source: str, out: Path, skip: bool) -> dict[str, Path]:
 
 OUR_CHILD = """
 import json, sys, time, torch
-from gemma_edge.runtime_py import import_runtime, load
+from gemma_edge.runtime_py.session import import_runtime, load
 from gemma_edge.runtime_py.bench import _reset_peak_rss, current_rss_mib, peak_rss_mib
 d, threads, contexts, steps = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
 import_runtime(d)
@@ -155,14 +155,15 @@ def measure_ours(d: Path, threads: int, contexts: list[int]) -> dict:
 
 
 LITERTLM_CHILD = """
-import json, sys
+import json, sys, tempfile
 import litert_lm
 path, threads, contexts, steps = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+cache = tempfile.mkdtemp()  # its XNNPACK weight cache: not beside the model (the manifest lists every file)
 litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
 res = {"decode_tok_s": {}, "prefill_tok_s": {}}
 for ctx in contexts:
     info = litert_lm.Benchmark(model_path=path, backend=litert_lm.Backend.CPU(thread_count=threads), prefill_tokens=ctx,
-                               decode_tokens=steps, max_num_tokens=ctx + steps + 8).run()
+                               decode_tokens=steps, max_num_tokens=ctx + steps + 8, cache_dir=cache).run()
     res["decode_tok_s"][ctx] = info.last_decode_tokens_per_second
     res["prefill_tok_s"][ctx] = info.last_prefill_tokens_per_second
 print(json.dumps(res))
