@@ -21,7 +21,11 @@ GOLDEN = {
         "9e4959e219b16dd8e9eeced3aa8079a347af4691d6f79d7ac0460abeb948cfe4",
     ("litert", "tiny-gemma2", "fp32", "portable"): "895aadfa697a4b9eeb53ef1569e5f945c7d9950df2f460e892850697a92abc2b",
     # re-recorded with the SmoothQuant scales of LiteRT's 4-bit recipes (quant/smooth.py); was 3de3fe1b...
-    ("litert", "tiny-gemma3", "int4", "fused"): "5aedd41bc17e21b213e1a1cc988dfe3da2baacc1e6145bdf310034e6fc5281c0",
+    # Re-recorded 2026-12-03 evening on this session's machine (AVX2, no AVX-512): the code of the
+    # previous record (export/ and runtime_py/ at e8dc2bf) and the same package versions write this
+    # hash here, three runs alike, where the earlier machine wrote 5aedd41b...: the calibration math
+    # behind this recipe (SmoothQuant scales, GPTQ) rounds differently on another CPU.
+    ("litert", "tiny-gemma3", "int4", "fused"): "a545f820777f167605c9ebabd44cfc55b19beeab80c632bdabaafda0e36a9f4d",
     ("executorch", "tiny-gemma3", "int4+emb4", "fused"):
         "271bb0361090e42f3a7578f31e0a4a427f05ec0fce1752b96161aff3a99c9e72",
 }  # fmt: skip
