@@ -188,7 +188,7 @@ def measure_llama(bins: Path, gguf: Path, threads: int, contexts: list[int]) -> 
     return {"decode_tok_s": {int(r["n_depth"]): float(r["avg_ts"]) for r in rows}, "process_peak_rss_mib": peak}
 
 
-def file_bytes(label: str, path: Path) -> int:
+def file_bytes(path: Path) -> int:
     """The model file(s) a runtime maps: the GGUF, or the artifact's files but the tokenizer, the
     JSON and the LiteRT-LM bundle (a second copy of the .tflite, measured on its own row)."""
     if path.is_file():
@@ -271,7 +271,7 @@ def main() -> None:
     src, bins, built = llamacpp.build(root)
     ggufs, source = ggufs_for(a.model, bins, src, root, a.threads)
     ours = export_ours(source, ROOT / "artifacts" / "vs_llamacpp" / a.model, a.skip_export)
-    files = {**{k: file_bytes(k, v) for k, v in ggufs.items()}, **{k: file_bytes(k, v) for k, v in ours.items()}}
+    files = {**{k: file_bytes(v) for k, v in ggufs.items()}, **{k: file_bytes(v) for k, v in ours.items()}}
     if (ours["LiteRT int4"] / "model.litertlm").is_file():
         files["LiteRT-LM (our model.litertlm)"] = (ours["LiteRT int4"] / "model.litertlm").stat().st_size
     rounds = []

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 START, END = "<start_of_turn>", "<end_of_turn>"
@@ -190,25 +192,43 @@ def _defects(art: Path, out: Path) -> list[dict]:
 
 
 def write(out: Path, *, real_tokenizer: Path | None = None, progress=print) -> Path:
-    """Write the golden files into ``out`` (created); return the path of ``golden.json``."""
+    """Write the golden files into ``out`` (new or empty); return the path of ``golden.json``. They
+    are written into a sibling staging directory renamed into place at the end, so a failure leaves
+    no half-written ``out``."""
+    from gemma_edge.models.errors import InputError
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out} is not empty: the golden files go into a new or empty directory")
+    if real_tokenizer is not None and not Path(real_tokenizer).is_file():
+        raise InputError(f"--real-tokenizer {real_tokenizer} is not a file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write(stage, real_tokenizer, progress)
+        if out.exists():
+            out.rmdir()
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out / "golden.json"
+
+
+def _write(out: Path, real_tokenizer: Path | None, progress) -> None:
     import sentencepiece as spm
 
     from gemma_edge import models
     from gemma_edge.export import export
-    from gemma_edge.models.errors import InputError
     from gemma_edge.runtime_py import load
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty: the golden files go into a new or empty directory")
-    out.mkdir(parents=True, exist_ok=True)
     tok = gemma_style_tokenizer(out / "tiny_gemma.model")
     _train(out / "tiny_nfkc.model", byte_fallback=False)
     vocab = spm.SentencePieceProcessor(model_file=str(tok)).get_piece_size()
     progress("golden: exporting tiny Gemma 3 to ONNX")
     model = models.build(models.get_preset("tiny-gemma3").replace(vocab_size=vocab), seed=0)
     art = export(model, "onnx", "fp32", 64, "portable", out / "artifact", prefill_chunk=8, tokenizer_path=tok,
-                 progress=lambda m: None, overwrite=True)  # fmt: skip
+                 progress=lambda m: None)  # fmt: skip
     progress("golden: recording the Session's generations")
     session = load(art)
     golden = {
@@ -220,9 +240,7 @@ def write(out: Path, *, real_tokenizer: Path | None = None, progress=print) -> P
     if real_tokenizer is not None:
         shutil.copy(real_tokenizer, out / "gemma3.model")
         golden["tokenizers"].append(_tokenizer_cases(out / "gemma3.model"))
-    f = out / "golden.json"
-    f.write_text(json.dumps(golden))
-    return f
+    (out / "golden.json").write_text(json.dumps(golden))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,6 +32,14 @@ def test_golden_writer_refuses_a_used_directory(tmp_path):
         assert "is not empty" in str(e)
     else:
         raise AssertionError("wrote golden files into a non-empty directory")
+    out = tmp_path / "new"
+    try:  # a bad --real-tokenizer is refused before anything is written
+        android_golden.write(out, real_tokenizer=tmp_path / "missing.model")
+    except InputError as e:
+        assert "missing.model is not a file" in str(e)
+    else:
+        raise AssertionError("accepted a missing --real-tokenizer")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["x"]
 
 
 def test_app_resources_are_well_formed_and_referenced_ids_exist():
