@@ -12,6 +12,7 @@ a thread that does that on a shared Session holds ``with session.lock:`` around 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
 import threading
@@ -43,7 +44,7 @@ def register_session(backend: str):
 def _locked(method):
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with self.lock:
+        with self.lock, self._runtime_call():
             return method(self, *args, **kwargs)
 
     return run
@@ -74,6 +75,10 @@ class Session:
 
     def _load(self) -> None:
         raise NotImplementedError
+
+    def _runtime_call(self):
+        """A context every public call runs in (re-entered by nested calls)."""
+        return contextlib.nullcontext()
 
     def _forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """tokens (1, T) int64 at positions start.. -> last-position logits (vocab,)."""

@@ -60,7 +60,8 @@ def _quantize(model: nn.Module, recipe: Recipe, calibration=None, shared: bool =
             rest = dataclasses.replace(rest, weight_bits=None)  # torchao: at most the (untied) table
         quantize_for_executorch(model, rest, scales)
     if shared:
-        share_table(model, recipe.embedding_bits, recipe.group_size, table_scales)
+        # 8da4w: the head's activations are int8 too (a 4-bit table only; table.py).
+        share_table(model, recipe.embedding_bits, recipe.group_size, table_scales, recipe.dynamic_activations)
     return {}
 
 

@@ -15,6 +15,13 @@ The head computes ``x @ dequantized(table)^T`` in fp32 (codes times their fp16 s
 fp32); the eager modules here compute the same from a cached dequantized copy, so the eager
 reference is the kernel's arithmetic up to summation order.
 
+With ``8da4w`` (int8 dynamic activations) the head over a 4-bit table is instead
+``gemma_edge::table_head_a8``: the activations are quantized to int8 per group of the table's group
+size (symmetric, ``max|x| / 127``, round half to even: ``quantize_groups``, as llama.cpp's Q8_0
+quantizes what meets a Q4_0 weight) and each group's dot product is exact in int32, so the head
+reads 4-bit codes with integer multiply-adds instead of widening them to fp32. The eager module
+computes the same quantized activations against the dequantized table.
+
 The same kernel is the weight-only int4 linear of the ``int4`` recipe (``KernelLinear``): XNNPACK
 has no blockwise int4 linear with fp32 activations (its 8da4w quantizes each token's activations to
 int8, which costs the real Gemma 3 270M ~0.015-0.020 KL over the same codes in fp32).
@@ -26,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["dequantize", "pack_table", "TableLookup", "TableHead", "share_table", "KernelLinear", "kernel_linears"]
+__all__ = ["dequantize", "quantize_groups", "pack_table", "TableLookup", "TableHead", "share_table", "KernelLinear", "kernel_linears"]
 
 
 def dequantize(weight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
@@ -39,6 +46,25 @@ def dequantize(weight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.T
         codes = weight.to(torch.int16)
     gs = codes.shape[1] // scales.shape[1]
     return (codes.float().view(codes.shape[0], -1, gs) * scales.float()[..., None]).flatten(1)
+
+
+def quantize_groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``x`` (..., K) fp32 on the int8 grid the a8 head uses: per group of ``group_size``,
+    ``s = max|x| / 127`` and ``round(x / s) * s`` (an all-zero group stays zero)."""
+    g = x.float().unflatten(-1, (-1, group_size))
+    s = g.abs().amax(-1, keepdim=True) / 127
+    q = torch.where(s == 0, torch.zeros_like(g), torch.round(g / torch.where(s == 0, torch.ones_like(s), s)))
+    return (q.clamp(-127, 127) * s).flatten(-2)
+
+
+@torch.library.custom_op("gemma_edge::table_head_a8", mutates_args=())
+def table_head_a8(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return F.linear(quantize_groups(x, x.shape[-1] // scales.shape[1]), dequantize(weight, scales, 4))
+
+
+@table_head_a8.register_fake
+def _(x, weight, scales):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 @torch.library.custom_op("gemma_edge::table_head", mutates_args=())
@@ -61,8 +87,18 @@ def _table_head_out(x, weight, scales, bits, *, out):
     return out
 
 
+_lib.define("table_head_a8.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out) -> Tensor(a!)")
+
+
+def _table_head_a8_out(x, weight, scales, *, out):
+    res = torch.ops.gemma_edge.table_head_a8(x, weight, scales)
+    out.resize_(res.shape).copy_(res)
+    return out
+
+
 for _key in ("CompositeExplicitAutograd", "Meta"):
     _lib.impl("table_head.out", _table_head_out, _key)
+    _lib.impl("table_head_a8.out", _table_head_a8_out, _key)
 
 
 def pack_table(w: torch.Tensor, bits: int, group_size: int, scales: torch.Tensor | None = None):
@@ -132,21 +168,33 @@ class TableLookup(nn.Module):
 
 
 class TableHead(nn.Module):
-    """The output head over the same stored table (``gemma_edge::table_head``)."""
+    """The output head over the same stored table (``gemma_edge::table_head``, or with
+    ``int8_activations`` over a 4-bit table ``gemma_edge::table_head_a8``)."""
 
-    def __init__(self, table: _Table) -> None:
+    def __init__(self, table: _Table, int8_activations: bool = False) -> None:
         super().__init__()
+        if int8_activations and table.bits != 4:
+            raise ValueError(f"int8 activations need the 4-bit table, not {table.bits}-bit")
         self.table = table
+        self.int8_activations = int8_activations
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         t = self.table
+        if self.int8_activations:
+            if not torch.compiler.is_exporting():
+                return F.linear(quantize_groups(h, h.shape[-1] // t.scales.shape[1]), t.values())
+            return torch.ops.gemma_edge.table_head_a8(h, t.weight, t.scales)
         if not torch.compiler.is_exporting():
             return F.linear(h, t.values())
         return torch.ops.gemma_edge.table_head(h, t.weight, t.scales, t.bits)
 
 
-def share_table(model: nn.Module, bits: int | None, group_size: int, scales: torch.Tensor | None = None) -> None:
-    """Make a tied causal LM's lookup (if ``bits``) and head read one stored table, in place."""
+def share_table(
+    model: nn.Module, bits: int | None, group_size: int, scales: torch.Tensor | None = None,
+    int8_activations: bool = False,
+) -> None:
+    """Make a tied causal LM's lookup (if ``bits``) and head read one stored table, in place; with
+    ``int8_activations`` a 4-bit table's head meets int8 activations (table_head_a8)."""
     import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401  (quantized_decomposed ops)
 
     emb = model.backbone.embed
@@ -156,7 +204,7 @@ def share_table(model: nn.Module, bits: int | None, group_size: int, scales: tor
         w, s = pack_table(emb.weight, bits, group_size, scales)
         table = _Table(w, s, bits)
         model.backbone.embed = TableLookup(table)
-    model.lm_head = TableHead(table)
+    model.lm_head = TableHead(table, int8_activations and bits == 4)
 
 
 class KernelLinear(TableHead):

@@ -28,9 +28,20 @@ _SOURCES = ("gemma_edge_executorch.cpp", "CMakeLists.txt")
 _LOADED: Path | None = None
 
 
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
 def _cache_dir() -> Path:
     root = Path(os.environ.get("GEMMA_EDGE_CACHE", Path.home() / ".cache" / "gemma_edge"))
     h = hashlib.sha256(version("executorch").encode())
+    h.update(_cpu_flags().encode())  # built with -march=native: a cache shared across machine kinds must not mix
     for name in _SOURCES:
         h.update((_SRC / name).read_bytes())
     return root / "kernels" / h.hexdigest()[:16]

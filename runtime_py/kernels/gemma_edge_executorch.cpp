@@ -4,7 +4,7 @@
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
-#if defined(__AVX2__) || defined(__F16C__)
+#if defined(__SSE__)
 #include <immintrin.h>
 #endif
 
@@ -438,6 +438,149 @@ Tensor& table_head_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor&
   return out;
 }
 
+// ---- table_head_a8: the 4-bit table against int8 activations (the 8da4w recipe's head) ----------
+// x is quantized per group of the table's group size gs, as models' eager op does
+// (export/executorch_backend/table.py quantize_groups): s = max|x_g| / 127, q = round_half_even(x / s)
+// (all-zero group: s = 0, q = 0). The row's dot is then exact in int32 per group:
+// out = sum_g s_w[g] * s_x[g] * (sum_i c_i q_i - 8 sum_i q_i), with c_i = code_i + 8 in 0..15.
+namespace {
+
+// One x row quantized for row_dot_q4_q8: q in the codes' nibble order (per 32 values: the 16 even
+// ones, which meet the high nibbles, then the 16 odd ones); s_x and 8 * sum(q) per group.
+struct QuantRow {
+  std::vector<int8_t> q;
+  std::vector<float> sx, c8;
+};
+
+// Whether row_dot_q4_q8 takes its SIMD path (and so reads q in the nibble order) for groups of gs.
+inline bool simd_q4_q8(int64_t gs) {
+#if defined(__AVX2__) && defined(__FMA__)
+  return gs % 32 == 0;
+#else
+  (void)gs;
+  return false;
+#endif
+}
+
+void quantize_row(const float* x, int64_t K, int64_t gs, QuantRow& r) {
+  const int64_t G = K / gs;
+  r.q.assign(K, 0);
+  r.sx.assign(G, 0.f);
+  r.c8.assign(G, 0.f);
+  for (int64_t g = 0; g < G; ++g) {
+    const float* xg = x + g * gs;
+    float mx = 0.f;
+    for (int64_t i = 0; i < gs; ++i) mx = std::max(mx, std::fabs(xg[i]));
+    const float s = mx / 127.f;
+    r.sx[g] = s;
+    if (s == 0.f) continue;
+    int32_t sum = 0;
+    for (int64_t i = 0; i < gs; ++i) {
+      const int32_t v = static_cast<int32_t>(std::nearbyint(std::min(127.f, std::max(-127.f, xg[i] / s))));
+      sum += v;
+      // position of element i in the nibble order: within its block of 32, even -> i/2, odd -> 16 + i/2
+      const int64_t b = i / 32 * 32, j = i % 32;
+      r.q[g * gs + (simd_q4_q8(gs) ? b + (j % 2 == 0 ? j / 2 : 16 + j / 2) : i)] = static_cast<int8_t>(v);
+    }
+    r.c8[g] = 8.f * static_cast<float>(sum);
+  }
+}
+
+constexpr int64_t kPrefetchRows = 16;
+
+inline float row_dot_q4_q8(const uint8_t* w, const uint16_t* sc, const QuantRow& x, int64_t G, int64_t gs,
+                           float* f) {
+  for (int64_t g = 0; g < G; ++g) f[g] = half_to_float(sc[g]) * x.sx[g];
+  float corr = 0.f;
+  for (int64_t g = 0; g < G; ++g) corr += f[g] * x.c8[g];
+#if defined(__AVX2__) && defined(__FMA__)
+  if (simd_q4_q8(gs)) {
+    const __m128i m0f = _mm_set1_epi8(0x0f);
+#if !(defined(__AVX512VNNI__) && defined(__AVX512VL__)) && !defined(__AVXVNNI__)
+    const __m256i ones = _mm256_set1_epi16(1);
+#endif
+    __m256 acc = _mm256_setzero_ps();
+    const int8_t* q = x.q.data();
+    for (int64_t g = 0; g < G; ++g) {
+      __m256i d = _mm256_setzero_si256();
+      for (int64_t i = 0; i < gs; i += 32) {
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (g * gs + i) / 2));
+        const __m256i c = _mm256_set_m128i(_mm_and_si128(b, m0f), _mm_and_si128(_mm_srli_epi16(b, 4), m0f));
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + g * gs + i));
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+        d = _mm256_dpbusd_epi32(d, c, xv);
+#elif defined(__AVXVNNI__)
+        d = _mm256_dpbusd_avx_epi32(d, c, xv);
+#else
+        d = _mm256_add_epi32(d, _mm256_madd_epi16(_mm256_maddubs_epi16(c, xv), ones));  // |pair| <= 3810
+#endif
+      }
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(f[g]), acc);
+    }
+    return hsum(acc) - corr;
+  }
+#endif
+  float acc = 0.f;
+  for (int64_t g = 0; g < G; ++g) {
+    int32_t d = 0;
+    for (int64_t i = 0; i < gs; i += 2) {
+      const uint8_t b = w[(g * gs + i) / 2];
+      d += static_cast<int32_t>(b >> 4) * x.q[g * gs + i] + static_cast<int32_t>(b & 0x0f) * x.q[g * gs + i + 1];
+    }
+    acc += static_cast<float>(d) * f[g];
+  }
+  return acc - corr;
+}
+
+}  // namespace
+
+// x (..., K) fp32; weight uint8 (N, K/2) 4-bit codes as table_head; scales half (N, G) -> out (..., N).
+Tensor& table_head_a8_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& scales,
+                          Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float && x.dim() >= 1 && weight.dim() == 2 &&
+                               weight.scalar_type() == ScalarType::Byte, InvalidArgument, out,
+                      "gemma_edge::table_head_a8: fp32 x (..., K) and a uint8 (N, K/2) weight expected");
+  const int64_t K = x.size(x.dim() - 1), N = weight.size(0);
+  ET_KERNEL_CHECK_MSG(ctx, weight.size(1) * 2 == K, InvalidArgument, out,
+                      "gemma_edge::table_head_a8: weight has %" PRId64 " columns for K = %" PRId64,
+                      static_cast<int64_t>(weight.size(1)), K);
+  ET_KERNEL_CHECK_MSG(ctx, scales.scalar_type() == ScalarType::Half && scales.dim() == 2 && scales.size(0) == N &&
+                               scales.size(1) > 0 && K % scales.size(1) == 0 && (K / scales.size(1)) % 2 == 0,
+                      InvalidArgument, out, "gemma_edge::table_head_a8: half scales (N, G), even groups, expected");
+  const int64_t G = scales.size(1), gs = K / G;
+  executorch::aten::SizesType sizes[executorch::runtime::kTensorDimensionLimit];
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = x.size(d);
+  sizes[x.dim() - 1] = static_cast<executorch::aten::SizesType>(N);
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(out, {sizes, static_cast<size_t>(x.dim())}) == Error::Ok,
+                  InvalidArgument, out);
+  const int64_t M = x.numel() / K;
+  const float* xd = x.const_data_ptr<float>();
+  float* od = out.mutable_data_ptr<float>();
+  const uint16_t* sd = static_cast<const uint16_t*>(scales.const_data_ptr());
+  const uint8_t* wd = static_cast<const uint8_t*>(weight.const_data_ptr());
+  std::vector<QuantRow> xq(M);
+  for (int64_t m = 0; m < M; ++m) quantize_row(xd + m * K, K, gs, xq[m]);
+  // Rows in blocks; a block's rows stay in cache while every x row meets them.
+  executorch::extension::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    std::vector<float> f(G);
+    const int64_t row_bytes = K / 2;
+    for (int64_t n = begin; n < end; ++n) {
+#if defined(__SSE__)
+      // The table streams from memory once per token: ask for a row well ahead (latency, not
+      // bandwidth, bounds one core's read here).
+      if (n + kPrefetchRows < N) {
+        const char* pw = reinterpret_cast<const char*>(wd + (n + kPrefetchRows) * row_bytes);
+        for (int64_t o = 0; o < row_bytes; o += 64) _mm_prefetch(pw + o, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(sd + (n + kPrefetchRows) * G), _MM_HINT_T0);
+      }
+#endif
+      for (int64_t m = 0; m < M; ++m)
+        od[m * N + n] = row_dot_q4_q8(wd + n * row_bytes, sd + n * G, xq[m], G, gs, f.data());
+    }
+  });
+  return out;
+}
+
 namespace {
 
 // rg_lru.out returns two tensors, which the unboxed registration macro cannot express. The boxed
@@ -471,3 +614,4 @@ const auto ring_attention_registration = executorch::runtime::register_kernel(
 
 EXECUTORCH_LIBRARY(gemma_edge, "sliding_window_attention.out", gemma_edge::sliding_window_attention_out);
 EXECUTORCH_LIBRARY(gemma_edge, "table_head.out", gemma_edge::table_head_out);
+EXECUTORCH_LIBRARY(gemma_edge, "table_head_a8.out", gemma_edge::table_head_a8_out);

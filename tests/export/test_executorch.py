@@ -209,6 +209,22 @@ def test_int4_linears_run_on_the_kernel_with_fp32_activations(artifact):
     assert (d / "model.pte").stat().st_size < 1.1 * da4w.stat().st_size
 
 
+def test_8da4w_head_meets_int8_activations(artifact):
+    """``8da4w+emb4`` (fused): the head over the 4-bit table is gemma_edge::table_head_a8 (int8
+    activations per group, as the recipe's linears have), and the artifact matches its eager model,
+    whose head quantizes the same way, at XNNPACK's dynamic-quantization noise."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    d = artifact("tiny-gemma3", "8da4w+emb4", "fused")
+    m = checked_manifest(d, "executorch", "8da4w+emb4")
+    prog = deserialize_pte_binary((d / "model.pte").read_bytes())
+    plan = getattr(prog, "program", prog).execution_plan[0]
+    calls = [plan.operators[i.instr_args.op_index].name for i in plan.chains[0].instructions
+             if hasattr(i.instr_args, "op_index")]  # fmt: skip
+    assert calls.count("gemma_edge::table_head_a8") == 1 and "gemma_edge::table_head" not in calls, calls
+    assert m["parity"]["results"]["lowering"]["kl"] < 1e-3
+
+
 def test_tanh_gelu_survives_xnnpack_lowering(tmp_path):
     """XNNPACK's partitioner runs aten.gelu as the erf form whatever ``approximate`` says; the
     backend spells Gemma's tanh GELU out first (export/executorch_backend/lower.py: decompose_gelu)."""
@@ -285,3 +301,30 @@ def test_xnnpack_8da4w_linear_is_the_eager_linear_on_real_activations(tmp_path):
     rows = torch.cat([method.execute([x[:, i : i + 1].contiguous()])[0] for i in range(x.shape[1])], 1)
     for out in (whole, rows):
         assert ((out - ref).pow(2).mean() / ref.pow(2).mean()).sqrt() < 1e-5
+
+
+def test_session_runs_torch_single_threaded_inside_its_calls(artifact):
+    """While ExecuTorch runs (its own pool), torch's intra-op pool is at one thread, so no OpenMP
+    worker spins on a core ExecuTorch needs; the caller's setting is back after every call."""
+    import torch
+
+    from gemma_edge.runtime_py import load
+
+    s = load(artifact("tiny-gemma3", "8da4w+emb4", "fused"))
+    seen = []
+    execute = s.method.execute
+
+    class Spy:
+        def execute(self, inputs):
+            seen.append(torch.get_num_threads())
+            return execute(inputs)
+
+    s.method = Spy()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        s.generate([2, 17, 33], max_new_tokens=3, stop_tokens=[])
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

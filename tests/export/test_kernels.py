@@ -131,6 +131,46 @@ class _Head(torch.nn.Module):
         return torch.ops.gemma_edge.table_head(x, self.weight, self.scales, self.bits)
 
 
+class _HeadA8(_Head):
+    def forward(self, x):
+        return torch.ops.gemma_edge.table_head_a8(x, self.weight, self.scales)
+
+
+@pytest.mark.parametrize("K, group", [(96, 32), (128, 64), (48, 16)])
+def test_table_head_a8_kernel_is_int8_activations_against_the_4bit_table(tmp_path, K, group):
+    """gemma_edge::table_head_a8 (SIMD at groups of 32k, portable otherwise) computes, per group, the
+    activations rounded to int8 on max|x|/127 (half to even) against the 4-bit codes, in the kernel
+    and in the eager op; the reference here is numpy's own integer arithmetic."""
+    import numpy as np
+
+    from gemma_edge.export.executorch_backend.table import pack_table
+
+    N = 300
+    w = torch.randn(N, K, generator=G) * torch.rand(N, 1, generator=G)
+    weight, scales = pack_table(w, 4, group)
+    wb = weight.numpy()
+    codes = np.stack([wb >> 4, wb & 15], -1).reshape(N, K).astype(np.int64) - 8
+    x0 = torch.randn(1, K, generator=G) * 30
+    x0[0, :group] = 0.0  # an all-zero group
+    x0[0, group] = 127 * 0.5 + 0.0  # a value that lands on the group's max
+    cases = [(x0,), (torch.randn(3, K, generator=G),)]
+    outs = _run_pte(_HeadA8(weight, scales, 4), cases[1], ({0: Dim("M", min=1, max=8)},), tmp_path, cases)
+    for (x,), out in zip(cases, outs):
+        xg = x.numpy().astype(np.float32).reshape(x.shape[0], -1, group)
+        sx = (np.abs(xg).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(sx == 0, 0, np.clip(np.rint(xg / sx), -127, 127)).astype(np.int64)
+        dots = np.einsum("mgi,ngi->mng", q, codes.reshape(N, -1, group))  # exact integers per group
+        ref = (dots * sx[:, None, :, 0].astype(np.float64) * scales.numpy().astype(np.float64)[None]).sum(-1)
+        eager = torch.ops.gemma_edge.table_head_a8(x, weight, scales).double().numpy()
+        for got in (out[0].double().numpy(), eager):
+            assert got.shape == (x.shape[0], N)
+            assert np.abs(got - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+        # it is not the fp32-activation head: the rounding of x shows
+        fp = (x.double().numpy() @ (codes.reshape(N, -1, group) * scales.numpy()[..., None]).reshape(N, K).T)
+        assert np.abs(out[0].double().numpy() - fp).max() > 1e-3 * np.abs(fp).max()
+
+
 @pytest.mark.parametrize("bits, K, group", [(4, 96, 32), (4, 48, 16), (8, 64, 64), (32, 40, 40)])
 def test_table_head_kernel_matches_dequantized_matmul(tmp_path, bits, K, group):
     """gemma_edge::table_head (the SIMD path at groups of 32, the portable one otherwise) computes
