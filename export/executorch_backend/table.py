@@ -33,7 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["dequantize", "quantize_groups", "pack_table", "TableLookup", "TableHead", "share_table", "KernelLinear", "kernel_linears"]
+__all__ = [
+    "dequantize", "quantize_groups", "pack_table", "TableLookup", "TableHead", "share_table", "KernelLinear",
+    "kernel_linears",
+]
 
 
 def dequantize(weight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
