@@ -11,7 +11,8 @@
    (``artifacts/hf_gemma3-1b``) through ``convert_hf_to_gguf.py``. Formats: Q4_0 ``--pure`` (every
    tensor 4-bit, the table and head too), Q4_0 (llama-quantize's default mix: Q8_0 table/head) and Q8_0.
 3. Ours, exported from the same source in child processes: ExecuTorch ``8da4w+emb4 --ops fused``,
-   ONNX ``int4+emb4 --ops fused``, LiteRT ``int4``; ``max_seq_len`` 4224 so that 4K fits.
+   ONNX ``int4+emb4 --ops fused``, LiteRT ``int4``; ``max_seq_len`` 4224 so that 4K fits (the
+   random gemma3-1b with ``--ptq rtn``: no quality to keep, the same bytes to decode).
 4. ``--rounds`` rounds; in each, every format runs once in a fresh process, in turn (interleaved, so
    the machine's drift falls on all alike): llama-bench ``-p 0 -n 32 -d CTX -r 1`` (decode 32 tokens
    after a CTX-token context), and our Session prefilling CTX random tokens, four warm-up steps,
@@ -104,7 +105,7 @@ def ggufs_for(model: str, bins: Path, src: Path, root: Path, threads: int) -> tu
     return out, str(ckpt)
 
 
-def export_ours(source: str, out: Path, skip: bool) -> dict[str, Path]:
+def export_ours(source: str, out: Path, skip: bool, extra: list[str] = ()) -> dict[str, Path]:
     arts = {}
     for label, args in OURS.items():
         d = out / label.split()[0].lower()
@@ -114,7 +115,7 @@ def export_ours(source: str, out: Path, skip: bool) -> dict[str, Path]:
         log(f"exporting {label} from {source}…")
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "gemma_edge.cli", "export", source, *args, "--max-seq-len", str(MAX_SEQ_LEN),
-               "--no-verify", "-o", str(d), "--overwrite"]  # fmt: skip
+               "--no-verify", "-o", str(d), "--overwrite", *extra]  # fmt: skip
         peak_rss_child(cmd, cwd=ROOT)
         log(f"  {time.perf_counter() - t0:.0f} s")
     return arts
@@ -270,7 +271,10 @@ def main() -> None:
     root = llamacpp.cache()
     src, bins, built = llamacpp.build(root)
     ggufs, source = ggufs_for(a.model, bins, src, root, a.threads)
-    ours = export_ours(source, ROOT / "artifacts" / "vs_llamacpp" / a.model, a.skip_export)
+    # Random gemma3-1b-shaped weights have no quality to keep: round-to-nearest codes, the same bytes
+    # per token to decode (a GPTQ export of the 1B was killed at 20 GiB RSS on a 24 GiB machine).
+    extra = ["--ptq", "rtn"] if a.model == "gemma3-1b" else []
+    ours = export_ours(source, ROOT / "artifacts" / "vs_llamacpp" / a.model, a.skip_export, extra)
     files = {**{k: file_bytes(v) for k, v in ggufs.items()}, **{k: file_bytes(v) for k, v in ours.items()}}
     if (ours["LiteRT int4"] / "model.litertlm").is_file():
         files["LiteRT-LM (our model.litertlm)"] = (ours["LiteRT int4"] / "model.litertlm").stat().st_size
