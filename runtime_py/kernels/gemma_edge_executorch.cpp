@@ -289,6 +289,14 @@ inline float hsum(__m256 v) {
 }
 #endif
 
+// out (..., N) for x (..., K).
+Error resize_head_out(const Tensor& x, int64_t N, Tensor& out) {
+  executorch::aten::SizesType sizes[executorch::runtime::kTensorDimensionLimit];
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = x.size(d);
+  sizes[x.dim() - 1] = static_cast<executorch::aten::SizesType>(N);
+  return executorch::runtime::resize_tensor(out, {sizes, static_cast<size_t>(x.dim())});
+}
+
 // One output: sum_g scale[g] * sum_{i in g} (code_i - 8) * x_i over a row of packed 4-bit codes
 // (byte j: code 2j in the high nibble, code 2j+1 in the low one, each + 8). xsum[g] = sum of x in g.
 inline float row_dot_q4(const uint8_t* w, const uint16_t* sc, const float* x, const float* xsum, int64_t G,
@@ -384,11 +392,7 @@ Tensor& table_head_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor&
   const int64_t gs = K / G;
   ET_KERNEL_CHECK_MSG(ctx, bits != 4 || gs % 2 == 0, InvalidArgument, out,
                       "gemma_edge::table_head: 4-bit groups must be even");
-  executorch::aten::SizesType sizes[executorch::runtime::kTensorDimensionLimit];
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = x.size(d);
-  sizes[x.dim() - 1] = static_cast<executorch::aten::SizesType>(N);
-  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(out, {sizes, static_cast<size_t>(x.dim())}) == Error::Ok,
-                  InvalidArgument, out);
+  ET_KERNEL_CHECK(ctx, resize_head_out(x, N, out) == Error::Ok, InvalidArgument, out);
   const int64_t M = x.numel() / K;
   const float* xd = x.const_data_ptr<float>();
   float* od = out.mutable_data_ptr<float>();
@@ -548,11 +552,7 @@ Tensor& table_head_a8_out(KernelRuntimeContext& ctx, const Tensor& x, const Tens
                                scales.size(1) > 0 && K % scales.size(1) == 0 && (K / scales.size(1)) % 2 == 0,
                       InvalidArgument, out, "gemma_edge::table_head_a8: half scales (N, G), even groups, expected");
   const int64_t G = scales.size(1), gs = K / G;
-  executorch::aten::SizesType sizes[executorch::runtime::kTensorDimensionLimit];
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = x.size(d);
-  sizes[x.dim() - 1] = static_cast<executorch::aten::SizesType>(N);
-  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(out, {sizes, static_cast<size_t>(x.dim())}) == Error::Ok,
-                  InvalidArgument, out);
+  ET_KERNEL_CHECK(ctx, resize_head_out(x, N, out) == Error::Ok, InvalidArgument, out);
   const int64_t M = x.numel() / K;
   const float* xd = x.const_data_ptr<float>();
   float* od = out.mutable_data_ptr<float>();
