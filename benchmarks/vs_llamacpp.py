@@ -105,7 +105,7 @@ def ggufs_for(model: str, bins: Path, src: Path, root: Path, threads: int) -> tu
     return out, str(ckpt)
 
 
-def export_ours(source: str, out: Path, skip: bool, extra: list[str] = ()) -> dict[str, Path]:
+def export_ours(source: str, out: Path, skip: bool, extra: tuple[str, ...] | list[str] = ()) -> dict[str, Path]:
     arts = {}
     for label, args in OURS.items():
         d = out / label.split()[0].lower()

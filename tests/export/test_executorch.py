@@ -212,7 +212,8 @@ def test_int4_linears_run_on_the_kernel_with_fp32_activations(artifact):
 def test_8da4w_head_meets_int8_activations(artifact):
     """``8da4w+emb4`` (fused): the head over the 4-bit table is gemma_edge::table_head_a8 (int8
     activations per group, as the recipe's linears have), and the artifact matches its eager model,
-    whose head quantizes the same way, at XNNPACK's dynamic-quantization noise."""
+    whose head quantizes the same way, at fp32 round-off (an eager head with fp32 activations reads
+    KL 2e-6 here)."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
     d = artifact("tiny-gemma3", "8da4w+emb4", "fused")
@@ -222,7 +223,7 @@ def test_8da4w_head_meets_int8_activations(artifact):
     calls = [plan.operators[i.instr_args.op_index].name for i in plan.chains[0].instructions
              if hasattr(i.instr_args, "op_index")]  # fmt: skip
     assert calls.count("gemma_edge::table_head_a8") == 1 and "gemma_edge::table_head" not in calls, calls
-    assert m["parity"]["results"]["lowering"]["kl"] < 1e-3
+    assert m["parity"]["results"]["lowering"]["kl"] < 1e-9
 
 
 def test_tanh_gelu_survives_xnnpack_lowering(tmp_path):

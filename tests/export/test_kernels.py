@@ -152,7 +152,9 @@ def test_table_head_a8_kernel_is_int8_activations_against_the_4bit_table(tmp_pat
     codes = np.stack([wb >> 4, wb & 15], -1).reshape(N, K).astype(np.int64) - 8
     x0 = torch.randn(1, K, generator=G) * 30
     x0[0, :group] = 0.0  # an all-zero group
-    x0[0, group] = 127 * 0.5 + 0.0  # a value that lands on the group's max
+    # a group on scale 1 with exact ties: round half to even (0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -0.5 -> 0)
+    ties = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5])
+    x0[0, group : 2 * group] = ties.repeat(group // len(ties))
     cases = [(x0,), (torch.randn(3, K, generator=G),)]
     outs = _run_pte(_HeadA8(weight, scales, 4), cases[1], ({0: Dim("M", min=1, max=8)},), tmp_path, cases)
     for (x,), out in zip(cases, outs):
