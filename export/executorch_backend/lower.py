@@ -11,6 +11,7 @@ from torch.export import Dim, export
 from gemma_edge.quant import Recipe
 
 from . import ops  # noqa: F401  (.out variants the emitter substitutes in fused mode)
+from .planning import memory_planning_pass
 from .wrappers import MODEL_FILE, ExecuTorchCausal, ExecuTorchEncoder
 
 
@@ -91,7 +92,10 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
             constant_methods=metadata,
         )
         # Quant fusion turns torchao's dequantize + embedding into ExecuTorch's quantized embedding
-        # kernels; reinplacing writes cache updates into the state buffers instead of copies.
-        et = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True, run_reinplace_pass=True))
+        # kernels; reinplacing writes cache updates into the state buffers instead of copies. The
+        # memory plan is the smaller of ExecuTorch's greedy one and planning.offset_planner's.
+        config = ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True, run_reinplace_pass=True,
+                                         memory_planning_pass=memory_planning_pass())  # fmt: skip
+        et = edge.to_executorch(config)
     (out / MODEL_FILE).write_bytes(et.buffer)
     return methods
