@@ -18,7 +18,8 @@
    after a CTX-token context), and our Session prefilling CTX random tokens, four warm-up steps,
    then 32 timed decode steps; and LiteRT-LM's own ``Benchmark`` on the LiteRT export's
    ``model.litertlm`` (prefill CTX tokens, decode 32). Peak RSS of each process (``ru_maxrss``); for
-   ours also the RSS the model adds over the imported runtime (the ``bench`` figure).
+   ours also the RSS the model adds over the imported runtime while generating and while loading
+   (the ``bench`` figures). Token ids in and out: our Session loads the tokenizer on first text.
 
 Results: ``results/vs_llamacpp_<model>.{json,md,png}``: medians over rounds and each format's ratio
 to llama.cpp Q4_0 ``--pure`` and Q4_0 at each context.
@@ -130,8 +131,9 @@ import_runtime(d)
 base = current_rss_mib()
 _reset_peak_rss()
 s = load(d, threads=threads)
+res = {"decode_tok_s": {}, "load_peak_rss_mib": peak_rss_mib() - base}
+_reset_peak_rss()  # from here on: the peak while generating
 g = torch.Generator().manual_seed(0)
-res = {"decode_tok_s": {}}
 for ctx in contexts:
     s.reset()
     s.prefill(torch.randint(3, s.config.vocab_size, (ctx,), generator=g).tolist())
@@ -210,8 +212,9 @@ def summarize(rounds: list[dict], files: dict[str, int], contexts: list[int]) ->
         peak = statistics.median(r["process_peak_rss_mib"] for r in runs)
         row["process_peak_rss_mib"] = peak
         row["process_rss_over_file"] = peak / row["file_mib"]
-        if "model_rss_mib" in runs[0]:
-            row["model_rss_over_file"] = statistics.median(r["model_rss_mib"] for r in runs) / row["file_mib"]
+        for key in ("model_rss", "load_peak_rss"):
+            if f"{key}_mib" in runs[0]:
+                row[f"{key}_over_file"] = statistics.median(r[f"{key}_mib"] for r in runs) / row["file_mib"]
         rows[label] = row
     for row in rows.values():
         row["ratio"] = {ref: {c: row["decode_tok_s"][c]["median"] / rows[ref]["decode_tok_s"][c]["median"]
@@ -223,7 +226,7 @@ def markdown(res: dict) -> str:
     cs = res["contexts"]
     head = ["format", "file MiB", *[f"decode @{c} (tok/s)" for c in cs],
             *[f"× Q4_0 --pure @{c}" for c in cs], *[f"× Q4_0 @{c}" for c in cs], "peak RSS / file",
-            "model RSS / file"]  # fmt: skip
+            "model RSS / file, generating (load peak)"]  # fmt: skip
     lines = [f"# Decode vs llama.cpp: {res['model']} ({res['threads']} threads, {res['rounds']} interleaved rounds)",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     for label, r in res["rows"].items():
@@ -233,10 +236,13 @@ def markdown(res: dict) -> str:
                  *[f"{r['ratio']['llama.cpp Q4_0 --pure'][c]:.2f}" for c in cs],
                  *[f"{r['ratio']['llama.cpp Q4_0'][c]:.2f}" for c in cs],
                  f"{r['process_rss_over_file']:.2f}",
-                 f"{r['model_rss_over_file']:.2f}" if "model_rss_over_file" in r else "—"]  # fmt: skip
+                 f"{r['model_rss_over_file']:.2f} ({r['load_peak_rss_over_file']:.2f})"
+                 if "load_peak_rss_over_file" in r else "—"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Medians (min–max) over rounds; each format in a fresh process per round. Peak RSS is the whole "
-              "process's (ru_maxrss); model RSS is what the loaded model adds over the imported runtime."]
+              "process's (ru_maxrss); model RSS is what the model adds over the imported runtime: its peak "
+              "while generating (prefill and decode at each context, token ids in and out) and, in brackets, "
+              "while loading."]
     return "\n".join(lines) + "\n"
 
 
