@@ -71,9 +71,17 @@ def _do_export(args, source: str, out: Path) -> Path:
         model, args.backend, args.quant, args.max_seq_len, args.ops, out, prefill_chunk=args.prefill_chunk,
         group_size=args.group_size, ptq=ptq, tokenizer_path=tok, verify=not args.no_verify,
         overwrite=args.overwrite, inplace=True, reference=reference,
-        source=src, options={"ort_format": True} if args.ort_format else None,
+        source=src, options=_backend_options(args),
         progress=lambda m: print(f"{time.perf_counter() - t0:7.1f}s {m}", flush=True),
     )  # fmt: skip
+
+
+def _backend_options(args) -> dict | None:
+    """The backend-only flags that were given (the backend refuses those it does not take)."""
+    opts = {"ort_format": True} if args.ort_format else {}
+    if getattr(args, "kv_cache", None):
+        opts["kv_cache"] = args.kv_cache
+    return opts or None
 
 
 def cmd_export(args) -> int:

@@ -104,6 +104,11 @@ class AttnContext:
         return AttnContext(pos, emb.cos(), emb.sin(), k_pos, vis, ring_write, ring_pos)
 
 
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype`` (a KV cache may be kept in fp16); no op at all when it already is."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 class AttentionCore:
     """RoPE, cache update and attention of projected q, k, v (B, T, heads * hd) -> (B, T, H * hd).
 
@@ -130,9 +135,11 @@ class AttentionCore:
         elif layer.window:  # ring: attend to (ring before the chunk, chunk), then write the chunk in place
             slots = ctx.ring_write[0]
             out, keys, values, k_rows, v_rows = self.read_ring(layer, q, k, v, cache, ctx)
+            k_rows, v_rows = _as(k_rows, cache[0].dtype), _as(v_rows, cache[1].dtype)
             new_cache = (cache[0].index_copy(2, slots.long(), k_rows), cache[1].index_copy(2, slots.long(), v_rows))
-        else:  # global cache indexed by absolute position
-            new_cache = (cache[0].index_copy(2, ctx.pos.long(), k), cache[1].index_copy(2, ctx.pos.long(), v))
+        else:  # global cache indexed by absolute position (the cache may be fp16: rows rounded on write)
+            k_in, v_in = _as(k, cache[0].dtype), _as(v, cache[1].dtype)
+            new_cache = (cache[0].index_copy(2, ctx.pos.long(), k_in), cache[1].index_copy(2, ctx.pos.long(), v_in))
             keys, values = new_cache
 
         if out is None:  # (a read_ring that attends already did)
@@ -143,7 +150,8 @@ class AttentionCore:
         """(out or None, keys, values, k_rows, v_rows): the keys/values a local layer attends to
         (ring before the chunk, then the chunk) and the chunk rows its ring write takes."""
         _, src = ctx.ring_write
-        keys, values = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)  # (B, kvH, W+T, hd)
+        keys = torch.cat((_as(cache[0], k.dtype), k), dim=2)  # (B, kvH, W+T, hd)
+        values = torch.cat((_as(cache[1], v.dtype), v), dim=2)
         return None, keys, values, k.index_select(2, src), v.index_select(2, src)
 
     def attend(self, layer: Attention, q, keys, values, ctx: AttnContext) -> torch.Tensor:  # (B, H, T, hd)

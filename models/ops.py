@@ -72,6 +72,8 @@ def masked_attention(
 ) -> torch.Tensor:
     B, H, T, D = q.shape
     kvH = k.shape[1]
+    if k.dtype != q.dtype:  # an fp16 KV cache: attention computes in the activations' type
+        k, v = k.to(q.dtype), v.to(q.dtype)
     # GQA without repeating K/V: query head h = g * rep + r reads kv head g.
     qg = q.reshape(B, kvH, H // kvH, T, D)  # (B, kvH, rep, T, D)
     scores = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * scale  # (B, kvH, rep, T, S)
@@ -183,16 +185,17 @@ def ring_attention(
     """Causal sliding-window attention over (ring, chunk) without concatenating them: the
     sliding_window_attention of the keys cat(k_ring, k) at positions cat(ring_pos, q_pos). Also
     returns the chunk rows to write into the ring (k and v at ``src``): taking them from the op
-    orders every ring write after the ring was read, so an exporter can write the ring in place."""
+    orders every ring write after the ring was read, so an exporter can write the ring in place.
+    The rings may be fp16 (an fp16 KV cache): the rows come back in the rings' type."""
     k_pos = torch.cat((ring_pos, q_pos[None, :].expand(ring_pos.shape[0], -1)), dim=1)
-    out = attention_reference(q, torch.cat((k_ring, k), 2), torch.cat((v_ring, v), 2), q_pos, k_pos, window, scale,
-                              softcap, True)  # fmt: skip
-    return out, k.index_select(2, src), v.index_select(2, src)
+    keys, values = torch.cat((k_ring.to(k.dtype), k), 2), torch.cat((v_ring.to(v.dtype), v), 2)
+    out = attention_reference(q, keys, values, q_pos, k_pos, window, scale, softcap, True)
+    return out, k.index_select(2, src).to(k_ring.dtype), v.index_select(2, src).to(v_ring.dtype)
 
 
 @ring_attention.register_fake
 def _(q, k, v, k_ring, v_ring, q_pos, ring_pos, src, window, scale, softcap):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return torch.empty_like(q), torch.empty_like(k, dtype=k_ring.dtype), torch.empty_like(v, dtype=v_ring.dtype)
 
 
 @torch.library.custom_op("gemma_edge::rg_lru", mutates_args=())

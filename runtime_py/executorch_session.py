@@ -8,6 +8,7 @@ import torch
 
 from gemma_edge.models.errors import ArtifactError
 
+from .memory import release_file_pages
 from .session import Session, register_session
 
 
@@ -61,32 +62,3 @@ class ExecuTorchSession(Session):
 
     def _embed(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.method.execute([tokens, mask.to(torch.int64)])[0]
-
-
-def release_file_pages(path) -> int:
-    """Drop this process's resident pages of the mapped ``path``; return how many mappings.
-
-    ExecuTorch's Python loader maps the .pte and locks it in memory. Once the methods are loaded,
-    XNNPACK holds its own packed copy of the delegated weights, so the file's pages are dead weight;
-    the few constants read at run time (e.g. a quantized embedding table) fault back in from the
-    file, row by row. This is what an mmap loader without mlock gives on a device. Linux only; a
-    no-op elsewhere.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return 0
-    target = str(path.resolve())
-    libc = ctypes.CDLL(None, use_errno=True)
-    n = 0
-    with open("/proc/self/maps") as f:
-        for line in f:
-            if not line.rstrip().endswith(target):
-                continue
-            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-            addr, size = ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo)
-            libc.munlock(addr, size)
-            if libc.madvise(addr, size, 4) == 0:  # MADV_DONTNEED
-                n += 1
-    return n

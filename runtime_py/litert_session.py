@@ -14,6 +14,7 @@ import torch
 
 from gemma_edge.models.errors import ArtifactError
 
+from .memory import release_file_pages
 from .session import Session, register_session
 
 
@@ -58,6 +59,8 @@ class LiteRTSession(Session):
         else:
             self.runner = self.interp.get_signature_runner("embed")
             self.max_len = methods["embed"]["inputs"][0]["shape"][1]
+        # XNNPACK holds its packed copy of the delegated weights; the rest fault back in from the file.
+        release_file_pages(path)
 
     def reset(self) -> None:
         with self.lock:  # the position and the held state change together

@@ -13,6 +13,7 @@ import torch
 
 from gemma_edge.models.errors import ArtifactError
 
+from .memory import release_file_pages
 from .session import Session, register_session
 
 
@@ -34,6 +35,10 @@ class OnnxSession(Session):
             self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise ArtifactError(f"ONNX Runtime could not load {path}: {e}") from None
+        # ONNX Runtime maps page-aligned external data; MLAS has packed what MatMulNBits reads.
+        for f in self.manifest["files"]:
+            if f.startswith(path.name) and f != path.name:
+                release_file_pages(self.dir / f)
         if self.config.causal:
             sig = self.manifest["methods"]["forward"]
             shapes = {i["name"]: i["shape"] for i in sig["inputs"]}

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 from importlib.metadata import version
 from types import SimpleNamespace
+from typing import Any, ClassVar
 
-from ..backend import FunctionBackend
+import torch
+
+from gemma_edge.models.attention import Attention, OpAttentionCore
+from gemma_edge.models.errors import InputError
+
+from ..backend import FunctionBackend, LowerRequest, Prepared
 from .lower import decompose_gelu, lower
 from .prepare import MatmulRMSNorm, check_supported, prepare
 from .wrappers import MODEL_FILE, ExecuTorchCausal, ExecuTorchEncoder
 
 __all__ = [
     "ExecuTorchBackend", "ExecuTorchCausal", "ExecuTorchEncoder", "MatmulRMSNorm", "check_supported", "prepare",
-    "lower", "runtime_version", "decompose_gelu", "MODEL_FILE",
+    "lower", "runtime_version", "decompose_gelu", "MODEL_FILE", "KV_CACHE_DTYPES",
 ]  # fmt: skip
 
 
@@ -28,8 +34,30 @@ def runtime_version() -> str:
     return version("executorch")
 
 
+KV_CACHE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
 class ExecuTorchBackend(FunctionBackend):
     name, model_file = "executorch", MODEL_FILE
     steps = SimpleNamespace(
         runtime_version=runtime_version, check_supported=check_supported, prepare=prepare, lower=lower
     )
+    options: ClassVar[dict[str, str]] = {
+        "kv_cache": "the attention caches' dtype: fp32 (default) or fp16 (half the state memory; --ops fused)",
+    }
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        super().check_options(options)
+        kv = options.get("kv_cache", "fp32")
+        if kv not in KV_CACHE_DTYPES:
+            raise InputError(f"kv_cache must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv!r}")
+
+    def lower(self, prepared: Prepared, req: LowerRequest, progress=lambda msg: None) -> dict:
+        kv = req.options.get("kv_cache", "fp32")
+        fused = any(isinstance(m, Attention) and isinstance(m.core, OpAttentionCore) for m in prepared.model.modules())
+        if kv != "fp32" and not fused:
+            raise InputError(f"kv_cache {kv} needs --ops fused: the fused attention kernels read an {kv} cache "
+                             "in place, the portable attention would convert whole caches every step")  # fmt: skip
+        return lower(prepared.model, max_seq_len=req.max_seq_len, prefill_chunk=req.prefill_chunk,
+                     metadata=req.metadata, recipe=req.recipe, out=req.out, progress=progress,
+                     kv_dtype=KV_CACHE_DTYPES[kv])  # fmt: skip

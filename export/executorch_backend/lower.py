@@ -40,8 +40,9 @@ def _partitioners(recipe: Recipe):
 
 
 def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: dict, recipe: Recipe,
-                     out: Path, progress=lambda msg: None) -> dict:  # fmt: skip
-    """Export, lower and write ``out/model.pte``; return the method signatures for the manifest."""
+                     out: Path, progress=lambda msg: None, kv_dtype: torch.dtype = torch.float32) -> dict:  # fmt: skip
+    """Export, lower and write ``out/model.pte``; return the method signatures for the manifest.
+    ``kv_dtype``: the attention caches' dtype (fp16 halves the state; the fused kernels read it)."""
     import warnings
 
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
@@ -53,7 +54,7 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
         warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
         if cfg.causal:
-            wrapper = ExecuTorchCausal(model, max_seq_len).eval()
+            wrapper = ExecuTorchCausal(model, max_seq_len, kv_dtype).eval()
             example = (torch.zeros(1, min(2, prefill_chunk), dtype=torch.long), torch.tensor([0]))
             seq = Dim("seq", min=1, max=prefill_chunk) if prefill_chunk > 1 else None
             progress(f"torch.export (prefill chunk {prefill_chunk}, context {max_seq_len})")
@@ -66,6 +67,7 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
                         {"name": "input_pos", "shape": [1], "dtype": "int64"},
                     ],
                     "outputs": [{"name": "logits", "shape": [1, cfg.vocab_size], "dtype": "float32"}],
+                    "kv_cache_dtype": str(kv_dtype).removeprefix("torch."),
                 }
             }
         else:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from gemma_edge.models import CausalLM, Encoder
+from gemma_edge.models.attention import Attention
 
 MODEL_FILE = "model.pte"
 
@@ -14,14 +15,15 @@ MODEL_FILE = "model.pte"
 class ExecuTorchCausal(nn.Module):
     """A CausalLM with its state in (mutable, non-persistent) buffers; LLM-runner signature."""
 
-    def __init__(self, model: CausalLM, max_seq_len: int) -> None:
+    def __init__(self, model: CausalLM, max_seq_len: int, kv_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.model = model
         self.arity = []
-        for i, s in enumerate(model.init_state(1, max_seq_len)):
+        for i, (layer, s) in enumerate(zip(model.backbone.layers, model.init_state(1, max_seq_len))):
             self.arity.append(len(s))
+            kv = isinstance(layer.temporal, Attention)  # recurrent states stay fp32
             for j, t in enumerate(s):
-                self.register_buffer(f"state_{i}_{j}", t, persistent=False)
+                self.register_buffer(f"state_{i}_{j}", t.to(kv_dtype) if kv else t, persistent=False)
 
     def _state(self) -> list[tuple[torch.Tensor, ...]]:
         return [tuple(getattr(self, f"state_{i}_{j}") for j in range(n)) for i, n in enumerate(self.arity)]

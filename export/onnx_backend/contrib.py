@@ -74,10 +74,14 @@ def _translations() -> dict:
                                 block_size=block_size, accuracy_level=accuracy_level)  # fmt: skip
 
     def gather_nbits(qweight, scales, ids, bits: int, block_size: int):
-        rows = op.Reshape(qweight, op.Constant(value_ints=[0, -1]))  # (N, K * bits / 8): one row per token
-        scales = op.Reshape(scales, op.Constant(value_ints=[qweight.shape[0], -1]))  # (N, K / block)
-        return msft.GatherBlockQuantized(rows, ids, scales, bits=bits, block_size=block_size, gather_axis=0,
-                                         quantize_axis=1)  # fmt: skip
+        # The table as MatMulNBits reads it, (N, K / block, block * bits / 8), gathered in place with
+        # the blocks along its last axis: a Reshape of the initializer here would be folded into a
+        # second copy of the whole table when ONNX Runtime loads the model. The scales arrive flat, as
+        # the head's MatMulNBits reads them: lookup_scales (run on every export) gives the lookup the
+        # (N, K / block, 1) it takes.
+        rows = msft.GatherBlockQuantized(qweight, ids, scales, bits=bits, block_size=block_size, gather_axis=0,
+                                         quantize_axis=2)  # (B, T, K / block, block)
+        return op.Reshape(rows, op.Constant(value_ints=[0, 0, -1]))
 
     def cached_attention(q, k, v, past_k, past_v, pos, cos_table, sin_table, num_heads: int, window: int,
                          scale: float, softcap: float):  # fmt: skip
@@ -146,3 +150,70 @@ def store_scales_fp16(model) -> int:
             g.initializers.pop(v.name)
     g.sort()
     return len(casts)
+
+
+def lookup_scales(model) -> int:
+    """Give each GatherBlockQuantized its scales as (N, K / block, 1), reading the stored fp16 ones
+    where it can; return how many lookups read them as stored.
+
+    The lookup shares its scales with the head's MatMulNBits, which takes them flat in fp32: a Cast
+    of the fp16 initializer (store_scales_fp16), folded by ONNX Runtime at load into one fp32 copy.
+    Where every code times its scale is exact in fp16 (the lookup then gives the same values), the
+    initializer is stored in the lookup's shape, the lookup reads it and casts its rows to fp32, and
+    the head reads the Cast flattened. Otherwise the lookup reads the Cast reshaped, which ONNX
+    Runtime folds into a second fp32 copy of the scales (20 MiB for Gemma 3's 262k x 640 table)."""
+    import numpy as np
+    import onnx_ir as ir
+
+    g, n = model.graph, 0
+
+    def const(name: str, values: list[int]) -> ir.Value:
+        v = ir.Value(name=name, const_value=ir.tensor(np.array(values, dtype=np.int64), name=name))
+        g.register_initializer(v)
+        return v
+
+    for node in list(g):
+        if node.domain != "com.microsoft" or node.op_type != "GatherBlockQuantized":
+            continue
+        N, nb = list(node.inputs[0].shape)[:2]
+        scales, cast = node.inputs[2], node.inputs[2].producer()
+        s16 = cast.inputs[0] if cast is not None and cast.op_type == "Cast" else None
+        if s16 is not None and _fp16_exact(s16, node.attributes["bits"].as_int()):
+            s16.const_value = ir.tensor(s16.const_value.numpy().reshape(N, nb, 1), name=s16.name)
+            s16.shape = ir.Shape([N, nb, 1])
+            others = [u for u in scales.uses() if u.node is not node]  # the head's MatMulNBits
+            if others:
+                flat = ir.node("Reshape", [scales, const(f"{s16.name}_flat_shape", [-1])], name=f"{s16.name}_flat")
+                g.insert_after(cast, flat)
+                for use in others:
+                    use.node.replace_input_with(use.idx, flat.outputs[0])
+            scales.shape = ir.Shape([N, nb, 1])
+            node.replace_input_with(2, s16)
+            up = ir.node("Cast", [node.outputs[0]], {"to": ir.DataType.FLOAT}, name=f"{node.name}_fp32")
+            g.insert_after(node, up)
+            for use in list(node.outputs[0].uses()):
+                if use.node is not up:
+                    use.node.replace_input_with(use.idx, up.outputs[0])
+            node.outputs[0].dtype = ir.DataType.FLOAT16
+            if not scales.uses():
+                g.remove(cast, safe=True)
+            n += 1
+        else:
+            shaped = ir.node("Reshape", [scales, const(f"{node.name}_scales_shape", [N, nb, 1])],
+                             name=f"{node.name}_scales")  # fmt: skip
+            g.insert_before(node, shaped)
+            node.replace_input_with(2, shaped.outputs[0])
+    g.sort()
+    return n
+
+
+def _fp16_exact(v, bits: int) -> bool:
+    """Whether ``v`` is an fp16 initializer whose every value times every code is exact in fp16."""
+    import numpy as np
+    import onnx_ir as ir
+
+    if v.const_value is None or v.const_value.dtype != ir.DataType.FLOAT16 or len(v.uses()) != 1:
+        return False
+    codes = np.arange(-(2 ** (bits - 1)), 2 ** (bits - 1), dtype=np.float32)
+    prod = v.const_value.numpy().astype(np.float32).reshape(-1, 1) * codes
+    return bool(np.array_equal(prod.astype(np.float16).astype(np.float32), prod))

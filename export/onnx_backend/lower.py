@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx_ir as ir
 import torch
 from torch import nn
 from torch.export import Dim
@@ -12,7 +13,7 @@ from torch.export import Dim
 from gemma_edge.models.errors import ExportError
 from gemma_edge.quant import Recipe
 
-from .contrib import _translations, store_scales_fp16, strip_source_metadata
+from .contrib import _translations, lookup_scales, store_scales_fp16, strip_source_metadata
 from .files import GENAI_TYPES, genai_config, write_ort_format
 from .stateful import use_stateful_ops, uses_cached_attention
 from .wrappers import GENAI_RING_SLACK, MODEL_FILE, OPSET, ORT_FILE, OnnxCausal, OnnxEncoder, state_names
@@ -93,9 +94,12 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
         if program is None:
             raise ExportError("torch.onnx.export returned no program")
         store_scales_fp16(program.model)
+        lookup_scales(program.model)
         strip_source_metadata(program.model)
         progress(f"write {MODEL_FILE} (+ external data)")
-        program.save(str(path), external_data=True)
+        # Page-aligned tensors of 1 MiB and more: ONNX Runtime maps those from the file instead of
+        # reading them into its own memory (the session then drops the pages MLAS has repacked).
+        ir.save(program.model, path, external_data=f"{MODEL_FILE}.data", alignment=4096)
     if ort_format:
         progress(f"write {ORT_FILE} (ORT format, extended optimizations)")
         write_ort_format(path, out / ORT_FILE)

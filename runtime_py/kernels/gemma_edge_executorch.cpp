@@ -1,5 +1,5 @@
-// ExecuTorch CPU kernels for gemma_edge's custom ops (fp32). Semantics are those of the eager
-// reference functions in models/ops.py; tests hold the two together.
+// ExecuTorch CPU kernels for gemma_edge's custom ops (fp32 activations; KV caches fp32 or fp16).
+// Semantics are those of the eager reference functions in models/ops.py; tests hold the two together.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
@@ -39,14 +39,55 @@ inline bool visible(int64_t qp, int64_t kp, int64_t window, bool causal) {
 
 namespace {
 
+// IEEE half -> float for a finite or subnormal value (table scales are never inf/NaN: export refuses
+// those; an fp16 KV cache holds what fp16 holds).
+inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      uint32_t m = man;
+      do { ++e; m <<= 1; } while ((m & 0x400u) == 0);
+      bits = sign | ((127 - 15 - e) << 23) | ((m & 0x3ffu) << 13);
+    }
+  } else {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+#endif
+}
+
+// A key or value row as fp32: an fp32 cache is read in place, an fp16 one converted into `buf` (D).
+inline const float* row_f32(const void* base, bool half, int64_t off, int64_t D, float* buf) {
+  if (!half) return static_cast<const float*>(base) + off;
+  const uint16_t* h = static_cast<const uint16_t*>(base) + off;
+  int64_t d = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; d + 8 <= D; d += 8) {
+    _mm256_storeu_ps(buf + d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + d))));
+  }
+#endif
+  for (; d < D; ++d) buf[d] = half_to_float(h[d]);
+  return buf;
+}
+
 // Keys and values of one source: (B, kvH, S, D) with positions kpos (B, S) (or, with kpos_shared,
 // the same (S,) positions for every batch row).
 struct KeySource {
-  const float* k;
-  const float* v;
+  const void* k;  // fp32, or fp16 when `half` (an fp16 KV cache)
+  const void* v;
   const int64_t* kpos;
   int64_t S;
   bool kpos_shared;
+  bool half;
 };
 
 // out[b, h, t] = softmax over the visible keys of both sources (in order) of q . k, times v.
@@ -58,7 +99,7 @@ void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t
   // One work item per (batch, head, query); ExecuTorch's threadpool (sized by the runtime) runs them.
   executorch::extension::parallel_for(0, B * H * T, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> score(S_total);
-    std::vector<float> acc(D);
+    std::vector<float> acc(D), row(D);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / (H * T), h = (item / T) % H, t = item % T;
       const int64_t g = h / rep;
@@ -69,14 +110,14 @@ void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t
       int64_t n_vis = 0, at = 0;
       for (int i = 0; i < n_src; ++i) {
         const KeySource& ks = src[i];
-        const float* kb = ks.k + ((b * kvH + g) * ks.S) * D;
+        const int64_t base = ((b * kvH + g) * ks.S) * D;
         const int64_t* kp = ks.kpos + (ks.kpos_shared ? 0 : b * ks.S);
         for (int64_t s = 0; s < ks.S; ++s, ++at) {
           if (!visible(qp, kp[s], window, causal)) {
             score[at] = -std::numeric_limits<float>::infinity();
             continue;
           }
-          const float* kv = kb + s * D;
+          const float* kv = row_f32(ks.k, ks.half, base + s * D, D, row.data());
           float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
           for (int64_t d = 0; d < D; ++d) dot += qv[d] * kv[d];
@@ -92,13 +133,13 @@ void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t
       at = 0;
       for (int i = 0; i < n_src; ++i) {
         const KeySource& ks = src[i];
-        const float* vb = ks.v + ((b * kvH + g) * ks.S) * D;
+        const int64_t base = ((b * kvH + g) * ks.S) * D;
         for (int64_t s = 0; s < ks.S; ++s, ++at) {
           // No visible key (a padded query): the reference's finite floor gives equal weights.
           const float p = n_vis ? (std::isinf(score[at]) ? 0.f : std::exp(score[at] - mx)) : 1.f;
           if (p == 0.f) continue;
           total += p;
-          const float* vv = vb + s * D;
+          const float* vv = row_f32(ks.v, ks.half, base + s * D, D, row.data());
           float* a = acc.data();
 #pragma omp simd
           for (int64_t d = 0; d < D; ++d) a[d] += p * vv[d];
@@ -117,9 +158,10 @@ Tensor& sliding_window_attention_out(KernelRuntimeContext& ctx, const Tensor& q,
                                      const Tensor& v, const Tensor& q_pos, const Tensor& k_pos,
                                      int64_t window, double scale, double softcap, bool causal,
                                      Tensor& out) {
-  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == ScalarType::Float &&
-                               v.scalar_type() == ScalarType::Float, InvalidArgument, out,
-                      "gemma_edge::sliding_window_attention: fp32 q/k/v expected");
+  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == v.scalar_type() &&
+                               (k.scalar_type() == ScalarType::Float || k.scalar_type() == ScalarType::Half),
+                      InvalidArgument, out,
+                      "gemma_edge::sliding_window_attention: fp32 q and fp32 or fp16 k/v expected");
   ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k_pos.dim() == 2, InvalidArgument,
                       out, "gemma_edge::sliding_window_attention: q/k/v must be 4-D, k_pos 2-D");
   ET_KERNEL_CHECK_MSG(ctx, q_pos.scalar_type() == ScalarType::Long && k_pos.scalar_type() == ScalarType::Long,
@@ -129,8 +171,8 @@ Tensor& sliding_window_attention_out(KernelRuntimeContext& ctx, const Tensor& q,
   const int64_t kvH = k.size(1), S = k.size(2);
   ET_KERNEL_CHECK_MSG(ctx, kvH > 0 && H % kvH == 0 && k.size(3) == D && v.size(2) == S, InvalidArgument, out,
                       "gemma_edge::sliding_window_attention: shape mismatch");
-  const KeySource src{k.const_data_ptr<float>(), v.const_data_ptr<float>(), k_pos.const_data_ptr<int64_t>(), S,
-                      false};
+  const KeySource src{k.const_data_ptr(), v.const_data_ptr(), k_pos.const_data_ptr<int64_t>(), S, false,
+                      k.scalar_type() == ScalarType::Half};
   attend(q.const_data_ptr<float>(), B, H, T, D, kvH, q_pos.const_data_ptr<int64_t>(), &src, 1, window, scale,
          softcap, causal, out.mutable_data_ptr<float>());
   return out;
@@ -143,10 +185,12 @@ void ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
                         const Tensor& k_ring, const Tensor& v_ring, const Tensor& q_pos, const Tensor& ring_pos,
                         const Tensor& src_rows, int64_t window, double scale, double softcap, Tensor& out,
                         Tensor& k_rows, Tensor& v_rows) {
+  const ScalarType ring_t = k_ring.scalar_type();
   ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == ScalarType::Float &&
-                               v.scalar_type() == ScalarType::Float && k_ring.scalar_type() == ScalarType::Float &&
-                               v_ring.scalar_type() == ScalarType::Float, InvalidArgument, ,
-                      "gemma_edge::ring_attention: fp32 q/k/v and rings expected");
+                               v.scalar_type() == ScalarType::Float && v_ring.scalar_type() == ring_t &&
+                               (ring_t == ScalarType::Float || ring_t == ScalarType::Half) &&
+                               k_rows.scalar_type() == ring_t && v_rows.scalar_type() == ring_t, InvalidArgument, ,
+                      "gemma_edge::ring_attention: fp32 q/k/v, and rings and rows both fp32 or both fp16 expected");
   ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k_ring.dim() == 4 && v_ring.dim() == 4 &&
                                ring_pos.dim() == 2 && src_rows.dim() == 1, InvalidArgument, ,
                       "gemma_edge::ring_attention: q/k/v and rings must be 4-D, ring_pos 2-D, src 1-D");
@@ -170,19 +214,28 @@ void ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
   }
   const int64_t* qpd = q_pos.const_data_ptr<int64_t>();
   const KeySource src[2] = {
-      {k_ring.const_data_ptr<float>(), v_ring.const_data_ptr<float>(), ring_pos.const_data_ptr<int64_t>(), W, false},
-      {k.const_data_ptr<float>(), v.const_data_ptr<float>(), qpd, T, true},
+      {k_ring.const_data_ptr(), v_ring.const_data_ptr(), ring_pos.const_data_ptr<int64_t>(), W, false,
+       ring_t == ScalarType::Half},
+      {k.const_data_ptr<float>(), v.const_data_ptr<float>(), qpd, T, true, false},
   };
   attend(q.const_data_ptr<float>(), B, H, T, D, kvH, qpd, src, 2, window, scale, softcap, true,
          out.mutable_data_ptr<float>());
   const float* kd = k.const_data_ptr<float>();
   const float* vd = v.const_data_ptr<float>();
-  float* kr = k_rows.mutable_data_ptr<float>();
-  float* vr = v_rows.mutable_data_ptr<float>();
   for (int64_t bg = 0; bg < B * kvH; ++bg) {
     for (int64_t j = 0; j < T; ++j) {
-      std::copy_n(kd + (bg * T + rows[j]) * D, D, kr + (bg * T + j) * D);
-      std::copy_n(vd + (bg * T + rows[j]) * D, D, vr + (bg * T + j) * D);
+      const int64_t from = (bg * T + rows[j]) * D, to = (bg * T + j) * D;
+      if (ring_t == ScalarType::Half) {  // rounded to nearest even, as torch's .to(float16)
+        executorch::aten::Half* kr = k_rows.mutable_data_ptr<executorch::aten::Half>();
+        executorch::aten::Half* vr = v_rows.mutable_data_ptr<executorch::aten::Half>();
+        for (int64_t d = 0; d < D; ++d) {
+          kr[to + d] = executorch::aten::Half(kd[from + d]);
+          vr[to + d] = executorch::aten::Half(vd[from + d]);
+        }
+      } else {
+        std::copy_n(kd + from, D, k_rows.mutable_data_ptr<float>() + to);
+        std::copy_n(vd + from, D, v_rows.mutable_data_ptr<float>() + to);
+      }
     }
   }
 }
@@ -255,30 +308,6 @@ void rg_lru_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gxw, c
 // ---- table_head: logits from the (tied) embedding table, read where the lookup reads it --------
 namespace {
 
-// IEEE half -> float for a finite or subnormal value (scales are never inf/NaN: export refuses those).
-inline float half_to_float(uint16_t h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      uint32_t m = man;
-      do { ++e; m <<= 1; } while ((m & 0x400u) == 0);
-      bits = sign | ((127 - 15 - e) << 23) | ((m & 0x3ffu) << 13);
-    }
-  } else {
-    bits = sign | ((exp + 112) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-#endif
-}
 
 #if defined(__AVX2__) && defined(__FMA__)
 inline float hsum(__m256 v) {

@@ -110,6 +110,34 @@ def test_caches_are_written_in_place(artifact, recipe, ops):
         assert calls.count("gemma_edge::ring_attention") == kinds.count("local")
 
 
+def test_fp16_kv_cache_halves_the_state_and_verifies(artifact, tmp_path):
+    """``kv_cache: fp16``: every attention cache is an fp16 state buffer (the memory plan sheds half
+    the caches' bytes), the fused kernels read it in place, and the artifact verifies against the
+    eager model with fp32 caches. The portable attention, which would convert whole caches each step,
+    and an unknown dtype are refused before anything is written."""
+    from conftest import MAX_SEQ_LEN
+
+    cfg = models.get_preset("tiny-gemma3")
+    model = models.build(cfg, seed=0)
+    d16 = export(model, "executorch", "8da4w+emb4", MAX_SEQ_LEN, "fused", tmp_path / "fp16",
+                 options={"kv_cache": "fp16"}, progress=lambda m: None)  # fmt: skip
+    d32 = artifact("tiny-gemma3", "8da4w+emb4", "fused")
+    m = checked_manifest(d16, "executorch", "8da4w+emb4")
+    assert m["methods"]["forward"]["kv_cache_dtype"] == "float16"
+    kv32 = models.state_bytes(cfg, MAX_SEQ_LEN, kv_bytes=4)["kv"]
+    saved = sum(_non_const_buffers(d32 / "model.pte")) - sum(_non_const_buffers(d16 / "model.pte"))
+    assert saved >= 0.45 * kv32, (saved, kv32)
+    ids = [2, *range(40, 40 + 3 * cfg.window)]  # past the window: the rings wrap
+    a, b = load(d16).prefill(ids), load(d32).prefill(ids)
+    assert 0 < (a - b).abs().max().item() < 0.05 * b.abs().max().item()  # rounded caches, same model
+    for ops, kv, msg in [("portable", "fp16", "kv_cache fp16 needs --ops fused"),
+                         ("fused", "bf16", "kv_cache must be one of fp32, fp16, got 'bf16'")]:  # fmt: skip
+        with pytest.raises(models.InputError, match=msg):
+            export(model, "executorch", "fp32", MAX_SEQ_LEN, ops, tmp_path / ops, options={"kv_cache": kv},
+                   verify=False, progress=lambda m: None)  # fmt: skip
+        assert not (tmp_path / ops).exists()
+
+
 def test_gemma3_1b_state_memory_at_8192():
     cfg = models.get_preset("gemma3-1b")
     b = models.state_bytes(cfg, 8192, kv_bytes=4)  # the .pte keeps fp32 state
@@ -164,7 +192,7 @@ def test_embedding_session(artifact):
 def test_session_releases_the_mapped_pte_and_still_runs(artifact):
     """After loading, the .pte's locked pages are dropped (XNNPACK holds its packed copy); constants
     read at run time (the quantized table) fault back in from the file, and the outputs are unchanged."""
-    from gemma_edge.runtime_py.executorch_session import release_file_pages
+    from gemma_edge.runtime_py.memory import release_file_pages
 
     d = artifact("tiny-gemma3", "8da4w+emb4", "fused")
     s = load(d)

@@ -90,6 +90,35 @@ def test_ring_attention_kernel_matches_reference(tmp_path):
         assert torch.equal(out[1], k[:, :, src]) and torch.equal(out[2], v[:, :, src])
 
 
+@pytest.mark.parametrize("D", [16, 20])  # 20: the conversion's scalar tail after the 8-wide F16C loop
+def test_attention_kernels_read_fp16_caches(tmp_path, D):
+    """An fp16 KV cache: the kernels convert its rows to fp32 as they read them, and the ring op hands
+    back the chunk's rows rounded to fp16 as torch rounds them (to nearest even)."""
+    from gemma_edge.models.attention import ring_slot_positions, ring_write_index
+
+    S, W, T = 12, 8, 3
+    q, k, v = (torch.randn(1, 4, T, D, generator=G), torch.randn(1, 2, S, D, generator=G).half(),
+               torch.randn(1, 2, S, D, generator=G).half())  # fmt: skip
+    qp, kp = torch.arange(S - T, S), torch.arange(S)[None].clone()
+    (out,) = _run_pte(_Attn(0, 3.0, True), (q, k, v, qp, kp), None, tmp_path, [(q, k, v, qp, kp)])[0]
+    ref = ops.attention_reference(q, k.float(), v.float(), qp, kp, 0, 0.25, 3.0, True)
+    assert out.dtype == torch.float32 and (out - ref).abs().max().item() < 1e-5
+
+    ck, cv = torch.randn(2, 2, T, D, generator=G), torch.randn(2, 2, T, D, generator=G) * 100
+    kr, vr = torch.randn(2, 2, W, D, generator=G).half(), torch.randn(2, 2, W, D, generator=G).half()
+    ring = ring_slot_positions(torch.tensor(9), W)[None].expand(2, W).contiguous()
+    pos = torch.arange(9, 9 + T)
+    src = ring_write_index(pos, W)[1]
+    args = (torch.randn(2, 4, T, D, generator=G), ck, cv, kr, vr, pos, ring, src)
+    out, k_rows, v_rows = _run_pte(_Ring(), args, None, tmp_path, [args])[0]
+    k_pos = torch.cat((ring, pos[None].expand(2, -1)), 1)
+    ref = ops.attention_reference(args[0], torch.cat((kr.float(), ck), 2), torch.cat((vr.float(), cv), 2), pos, k_pos,
+                                  W, 0.25, 3.0, True)  # fmt: skip
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # values ~100: fp32 sums differ at ~1e-6 relative
+    assert k_rows.dtype == torch.float16 and torch.equal(k_rows, ck[:, :, src].half())
+    assert torch.equal(v_rows, cv[:, :, src].half())  # values ~100: rounding, not truncation, decides bits
+
+
 class _LRU(torch.nn.Module):
     def forward(self, x, wx, bx, wa, ba, lam, pos, h0):
         return torch.ops.gemma_edge.rg_lru(x, wx, bx, wa, ba, lam, pos, h0, 8.0)

@@ -138,8 +138,43 @@ def test_quantized_scales_are_stored_fp16(artifact):
     quantized = [n for n in g.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")]
     assert quantized
     for n in quantized:
-        cast = producers[n.input[2]]
-        assert cast.op_type == "Cast" and inits[cast.input[0]].data_type == onnx.TensorProto.FLOAT16, n.name
+        name = n.input[2]
+        while name not in inits:  # Cast, and a Reshape where the head and the lookup share the scales
+            assert producers[name].op_type in ("Cast", "Reshape"), n.name
+            name = producers[name].input[0]
+        assert inits[name].data_type == onnx.TensorProto.FLOAT16, n.name
+
+
+def _lookup(g):
+    gbq = next(n for n in g.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in g.node if n.op_type == "MatMulNBits" and n.input[1] == gbq.input[0])
+    return gbq, head
+
+
+def test_lookup_reads_the_heads_table_in_place(artifact, tmp_path):
+    """The lookup gathers from the very initializer the head's MatMulNBits reads, in its 3-D layout: a
+    Reshape of it (folded by ONNX Runtime at load) would hold a second copy of the table in memory.
+    Its fp16 scales are read as stored where every code times its scale is exact in fp16 (else
+    through the head's fp32 Cast); either way the export verifies against the eager model."""
+    g = _graph(_onnx_artifact(artifact, "tiny-gemma2", "8da4w+emb4")).graph
+    inits = {i.name: i for i in g.initializer}
+    gbq, _ = _lookup(g)  # (it finds the head reading the lookup's data: the one table)
+    assert gbq.input[0] in inits and len(inits[gbq.input[0]].dims) == 3
+    assert gbq.input[2] not in inits  # random tiny scales: fp16 products not exact, the fp32 path
+
+    # Table values on a coarse grid and round-to-nearest codes: every block scale has few mantissa
+    # bits, so the products are exact.
+    model = models.build("tiny-gemma2", seed=0)
+    with torch.no_grad():
+        w = model.backbone.embed.weight
+        w.copy_(torch.round(w * 16) / 16)
+    d = export(model, "onnx", "int4+emb4", 32, "fused", tmp_path / "a", ptq="rtn", progress=lambda m: None)
+    checked_manifest(d, "onnx", "int4+emb4")
+    g = _graph(d).graph
+    inits = {i.name: i for i in g.initializer}
+    gbq, _ = _lookup(g)
+    s = inits[gbq.input[2]]
+    assert s.data_type == onnx.TensorProto.FLOAT16 and list(s.dims) == [*inits[gbq.input[0]].dims[:2], 1]
 
 
 def test_onnx_refusals(tmp_path):
@@ -208,7 +243,7 @@ def test_ort_format_model_runs_like_the_onnx(tmp_path):
         feeds[i["name"]] = np.zeros(i["shape"], dtype=np.float32)
     a, b = (ort.InferenceSession(str(d / f)).run(["logits"], feeds)[0] for f in ("model.onnx", "model.ort"))
     assert np.abs(a - b).max() <= 1e-4 and a.std() > 0.01
-    with pytest.raises(models.InputError, match="ort_format are not executorch options; executorch takes: none"):
+    with pytest.raises(models.InputError, match="ort_format are not executorch options; executorch takes: kv_cache"):
         export(
             model,
             "executorch",
