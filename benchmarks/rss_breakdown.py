@@ -99,6 +99,30 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = res["rows"]
+    labels = [f"{r['backend']} {r['recipe']}" for r in rows.values()]
+    groups = sorted({k for r in rows.values() for k in r["generating"]})
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bottom = [0.0] * len(rows)
+    for k in groups:
+        vals = [max(r["generating"].get(k, 0), 0) for r in rows.values()]
+        ax.bar(labels, vals, bottom=bottom, label=k)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.scatter(labels, [r["file_mib"] * 1.3 for r in rows.values()], marker="_", s=900, color="k",
+               label="1.3 × the model file", zorder=3)  # fmt: skip
+    ax.set_ylabel("MiB the model added, after generating")
+    ax.set_title(f"Resident memory by mapping ({res['threads']} threads, contexts {res['contexts']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("artifacts", nargs="+", type=Path)
@@ -113,9 +137,10 @@ def main() -> None:
         print(f"measuring {d}…", flush=True)
         rows[str(d)] = measure(d, a.threads, a.contexts)
     res = {"threads": a.threads, "contexts": a.contexts, "rows": rows, "date": time.strftime("%Y-%m-%d %H:%M")}
-    print(markdown(res))
-    if a.name:
-        report.save(HERE / "results" / f"rss_{a.name}", res, markdown)
+    if not a.name:
+        print(markdown(res))
+    else:
+        report.save(HERE / "results" / f"rss_{a.name}", res, markdown, plot)
 
 
 if __name__ == "__main__":

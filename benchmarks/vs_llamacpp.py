@@ -10,7 +10,8 @@
    ``gemma3-1b`` a random gemma3-1b-shaped checkpoint written by transformers
    (``artifacts/hf_gemma3-1b``) through ``convert_hf_to_gguf.py``. Formats: Q4_0 ``--pure`` (every
    tensor 4-bit, the table and head too), Q4_0 (llama-quantize's default mix: Q8_0 table/head) and Q8_0.
-3. Ours, exported from the same source in child processes: ExecuTorch ``8da4w+emb4 --ops fused``,
+3. Ours, exported from the same source in child processes: ExecuTorch ``8da4w+emb4 --ops fused
+   --kv-cache fp16`` (llama.cpp's caches are fp16 too),
    ONNX ``int4+emb4 --ops fused``, LiteRT ``int4``; ``max_seq_len`` 4224 so that 4K fits (the
    random gemma3-1b with ``--ptq rtn``: no quality to keep, the same bytes to decode).
 4. ``--rounds`` rounds; in each, every format runs once in a fresh process, in turn (interleaved, so
@@ -45,7 +46,8 @@ import llamacpp  # noqa: E402
 import report  # noqa: E402
 
 OURS = {
-    "ExecuTorch 8da4w+emb4 fused": ["--backend", "executorch", "--quant", "8da4w+emb4", "--ops", "fused"],
+    "ExecuTorch 8da4w+emb4 fused": ["--backend", "executorch", "--quant", "8da4w+emb4", "--ops", "fused", "--kv-cache",
+                                    "fp16"],
     "ONNX int4+emb4 fused": ["--backend", "onnx", "--quant", "int4+emb4", "--ops", "fused"],
     "LiteRT int4": ["--backend", "litert", "--quant", "int4"],
 }

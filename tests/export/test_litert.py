@@ -5,6 +5,7 @@ import json
 from collections import Counter
 
 import pytest
+import torch
 
 from gemma_edge import models
 from gemma_edge.export import export
@@ -104,6 +105,27 @@ def test_litert_session_generates_like_executorch(artifact):
     a = load(_art(artifact, "tiny-gemma3")).generate([2, 17, 33], max_new_tokens=24, stop_tokens=[])
     b = load(artifact("tiny-gemma3")).generate([2, 17, 33], max_new_tokens=24, stop_tokens=[])
     assert a == b and len(a) == 24
+
+
+def test_session_packs_weights_once_into_a_shared_cache(artifact, tmp_path, monkeypatch):
+    """XNNPACK packs the weights into one cache file under $GEMMA_EDGE_CACHE/litert that every
+    signature shares and the next load maps; the state buffers serve every signature in place (the
+    prefill chunk and decode agree with a decode-only run across the window). An unwritable cache
+    folder costs memory, not correctness."""
+    d = _art(artifact, "tiny-gemma3")
+    ids = list(range(40, 40 + 30))  # the prefill chunk, then decode steps, past the window
+    monkeypatch.setenv("GEMMA_EDGE_CACHE", str(tmp_path / "cache"))
+    first = load(d)
+    (cache,) = (tmp_path / "cache" / "litert").glob("*.xnnpack_cache")
+    assert cache.stat().st_size > 0
+    a = first.prefill(ids)
+    second = load(d)
+    assert any(line.rstrip().endswith(str(cache)) for line in open("/proc/self/maps"))  # mapped, not repacked
+    b = torch.stack([second.decode(t) for t in ids])[-1]  # T=1 only
+    assert torch.equal(a, b)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("GEMMA_EDGE_CACHE", str(tmp_path / "file"))  # a folder cannot be made there
+    assert torch.equal(load(d).prefill(ids), a)
 
 
 def test_litert_refusals(tmp_path):
