@@ -61,16 +61,26 @@ def log(msg: str) -> None:
 
 
 def peak_rss_child(cmd: list[str], **kw) -> tuple[str, float]:
-    """stdout of ``cmd`` and the child's own peak RSS in MiB (wait4's ru_maxrss); exit on failure."""
-    with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
-        p = subprocess.Popen([str(c) for c in cmd], stdout=so, stderr=se, text=True, **kw)
+    """stdout of ``cmd`` and the child's own peak RSS in MiB; exit on failure.
+
+    Linux starts a child's ru_maxrss at its parent's high-water mark (the forked copy of the parent's
+    memory is the "old mm" its exec replaces), so a child of this process, which converted GGUFs
+    through transformers, would report at least that. GNU time, exec'd fresh, forks the command from
+    its own small image: its %M is the command's own peak. Without it, wait4's figure is kept."""
+    timer = os.path.exists("/usr/bin/time")
+    with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se, \
+            tempfile.NamedTemporaryFile("r") as peak:  # fmt: skip
+        wrap = ["/usr/bin/time", "-f", "%M", "-o", peak.name] if timer else []
+        p = subprocess.Popen([*wrap, *(str(c) for c in cmd)], stdout=so, stderr=se, text=True, **kw)
         _, status, usage = os.wait4(p.pid, 0)
         code = os.waitstatus_to_exitcode(status)
         so.seek(0), se.seek(0)
         out, err = so.read(), se.read()
+        lines = peak.read().split() if timer else []
     if code:
         sys.exit(f"{shlex.join(map(str, cmd))} failed ({code}):\n{err[-3000:]}")
-    return out, usage.ru_maxrss / 1024
+    kib = int(lines[-1]) if lines and lines[-1].isdigit() else usage.ru_maxrss
+    return out, kib / 1024
 
 
 def ggufs_for(model: str, bins: Path, src: Path, root: Path, threads: int) -> tuple[dict[str, Path], str]:

@@ -90,7 +90,7 @@ class LiteRTSession(Session):
             embed = methods["embed"]
             self.max_len = embed["inputs"][0]["shape"][1]
             self.embed_out = embed["outputs"][0]["name"], embed["outputs"][0]["shape"][-1]
-        release_file_pages(path)
+        release_file_pages(path, random_reads=True)  # the lookup reads rows; XNNPACK packed the rest
 
     def _zero_state(self) -> None:
         for n, buf in self.state.items():

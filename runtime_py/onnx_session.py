@@ -38,7 +38,7 @@ class OnnxSession(Session):
         # ONNX Runtime maps page-aligned external data; MLAS has packed what MatMulNBits reads.
         for f in self.manifest["files"]:
             if f.startswith(path.name) and f != path.name:
-                release_file_pages(self.dir / f)
+                release_file_pages(self.dir / f, random_reads=True)  # the lookup reads rows
         if self.config.causal:
             sig = self.manifest["methods"]["forward"]
             shapes = {i["name"]: i["shape"] for i in sig["inputs"]}
