@@ -6,8 +6,9 @@
 Each artifact runs in a fresh process, as ``vs_llamacpp.py`` measures it: import the runtime, load
 the artifact with our Session, then at each context prefill CTX random token ids and decode 36 steps.
 The process's mappings are read before the load and after generating, and the RSS the model added is
-split into: the artifact's own files (pages of the mapped model file), the heap (brk), anonymous
-mappings (mmap'd arenas, thread stacks), and the rest (shared libraries, other files). The peak
+split into: the artifact's own files (pages of the mapped model file), the runtime's packed-weight
+cache files under ``$GEMMA_EDGE_CACHE`` (LiteRT's XNNPACK weight cache), the heap (brk), anonymous
+mappings (mmap'd arenas) and the rest (thread stacks, shared libraries, other files). The peak
 while generating is ``vs_llamacpp.py``'s "model RSS" (VmHWM, reset after the load).
 
 Results: ``results/rss_<name>.{json,md}``.
@@ -28,10 +29,12 @@ sys.path.insert(0, str(HERE))
 import report  # noqa: E402
 
 CHILD = """
-import json, sys, torch
+import json, os, sys, torch
 from pathlib import Path
 from gemma_edge.runtime_py.session import import_runtime, load
 from gemma_edge.runtime_py.bench import _reset_peak_rss, current_rss_mib, peak_rss_mib
+
+CACHE = str(Path(os.environ.get("GEMMA_EDGE_CACHE", Path.home() / ".cache" / "gemma_edge")).resolve())
 
 def smaps(art):
     art = str(Path(art).resolve())
@@ -42,7 +45,9 @@ def smaps(art):
             if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
                 path = head[5] if len(head) > 5 else ""
                 cur = ("artifact files" if path.startswith(art) else "heap" if path == "[heap]"
-                       else "anonymous" if path == "" else "stacks, libraries, other files")
+                       else "anonymous" if path == "" else
+                       "packed-weight cache files" if path.startswith(CACHE) and not path.endswith(".so")
+                       else "stacks, libraries, other files")
             elif head[0] == "Rss:":
                 groups[cur] = groups.get(cur, 0) + int(head[1]) / 1024
     return groups
