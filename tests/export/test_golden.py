@@ -24,13 +24,16 @@ GOLDEN = {
         "9e4959e219b16dd8e9eeced3aa8079a347af4691d6f79d7ac0460abeb948cfe4",
     ("litert", "tiny-gemma2", "fp32", "portable"): "895aadfa697a4b9eeb53ef1569e5f945c7d9950df2f460e892850697a92abc2b",
     # The calibration math behind this recipe (SmoothQuant scales, GPTQ) goes through torch's
-    # vectorised CPU kernels, whose reductions round differently per instruction set: one record per
-    # torch CPU capability (torch.backends.cpu.get_cpu_capability()), the same code and package
-    # versions. AVX512: recorded on an Intel Xeon machine (2026-12-03 morning) and written again on
-    # another (2026-12-04); AVX2: the AMD EPYC machine (2026-12-03 evening, three runs alike).
+    # vectorised CPU kernels and its BLAS, whose reductions round differently per instruction set
+    # and, for the BLAS, per CPU vendor: one record per torch CPU capability and vendor_id (_machine()),
+    # the same code and package versions. AVX512 GenuineIntel: an Intel Xeon machine (2026-12-03
+    # morning, written again 2026-12-04); AVX2 AuthenticAMD: an AMD EPYC machine without AVX-512
+    # (2026-12-03 evening, three runs alike); AVX512 AuthenticAMD: an AMD EPYC machine with AVX-512
+    # (2026-12-06, the code before and after that day's changes alike).
     ("litert", "tiny-gemma3", "int4", "fused"): {
-        "AVX512": "5aedd41bc17e21b213e1a1cc988dfe3da2baacc1e6145bdf310034e6fc5281c0",
-        "AVX2": "a545f820777f167605c9ebabd44cfc55b19beeab80c632bdabaafda0e36a9f4d",
+        "AVX512 GenuineIntel": "5aedd41bc17e21b213e1a1cc988dfe3da2baacc1e6145bdf310034e6fc5281c0",
+        "AVX2 AuthenticAMD": "a545f820777f167605c9ebabd44cfc55b19beeab80c632bdabaafda0e36a9f4d",
+        "AVX512 AuthenticAMD": "0caa6fadf5a59926ecd922e5710723f32061014e2e9f11cd3a9b35fa8b1d9789",
     },
     # 2026-12-04: the memory plan no longer holds a second copy of the KV caches
     # (export/executorch_backend/planning.py): tensor offsets and the arena size changed.
@@ -40,6 +43,16 @@ GOLDEN = {
 # The default run checks one export per backend format it can afford (~2 minutes per tiny ExecuTorch
 # export on 2 cores): the others run with `make test-slow`.
 DEFAULT = {("onnx", "tiny-gemma3", "int4+emb4", "fused"), ("litert", "tiny-gemma3", "int4", "fused")}
+
+
+def _machine() -> str:
+    """torch's CPU capability and the CPU's vendor_id, e.g. 'AVX512 AuthenticAMD'."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            vendor = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id")), "unknown")
+    except OSError:
+        vendor = "unknown"
+    return f"{torch.backends.cpu.get_cpu_capability()} {vendor}"
 
 
 @pytest.mark.parametrize(
@@ -52,8 +65,8 @@ def test_tiny_export_is_byte_identical(tmp_path, case):
     m = json.loads((d / "manifest.json").read_text())
     got = hashlib.sha256((d / m["model_file"]).read_bytes()).hexdigest()
     want = GOLDEN[case]
-    if isinstance(want, dict):  # recorded per torch CPU capability
-        cap = torch.backends.cpu.get_cpu_capability()
-        assert cap in want, f"{':'.join(case)}: no record for CPU capability {cap}; it writes {got} here"
-        want = want[cap]
+    if isinstance(want, dict):  # recorded per torch CPU capability and CPU vendor
+        machine = _machine()
+        assert machine in want, f"{':'.join(case)}: no record for {machine!r}; it writes {got} here"
+        want = want[machine]
     assert got == want, f"{':'.join(case)} now writes {got}"
