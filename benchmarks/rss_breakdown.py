@@ -29,12 +29,13 @@ sys.path.insert(0, str(HERE))
 import report  # noqa: E402
 
 CHILD = """
-import json, os, sys, torch
+import json, sys, torch
 from pathlib import Path
 from gemma_edge.runtime_py.session import import_runtime, load
 from gemma_edge.runtime_py.bench import _reset_peak_rss, current_rss_mib, peak_rss_mib
 
-CACHE = str(Path(os.environ.get("GEMMA_EDGE_CACHE", Path.home() / ".cache" / "gemma_edge")).resolve())
+from gemma_edge.runtime_py.kernels import cache_root
+CACHE = str(cache_root().resolve())
 
 def smaps(art):
     art = str(Path(art).resolve())

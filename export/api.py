@@ -118,7 +118,7 @@ def _check_request(model: nn.Module, b: Backend, rec: Recipe, max_seq_len: int, 
     if ops not in OPS_MODES:
         raise InputError(f"unknown ops mode {ops!r}; known: {', '.join(OPS_MODES)}")
     b.check_supported(rec, ops)
-    b.check_options(options)
+    b.check_options(options, ops)
     if rec.embedding_bits is not None and not cfg.causal:
         raise ExportError(
             f"recipe {rec.name}: embedding quantization is for causal LMs (EmbeddingGemma: use {rec.base})"

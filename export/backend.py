@@ -69,7 +69,9 @@ class Backend(ABC):
         (LiteRT: ``model.litertlm``); return manifest entries describing them."""
         return {}
 
-    def check_options(self, options: dict[str, Any]) -> None:
+    def check_options(self, options: dict[str, Any], ops: str = "portable") -> None:
+        """Refuse options this backend does not take (or, in a subclass, values it cannot realise
+        with ``ops``) before any work is done."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             takes = ", ".join(self.options) or "none"

@@ -15,7 +15,6 @@ graph reads at run time outside XNNPACK (the table's looked-up rows) faults back
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +22,16 @@ import torch
 
 from gemma_edge.models.errors import ArtifactError
 
+from .kernels import cache_root, cpu_flags
 from .memory import release_file_pages
 from .session import Session, register_session
 
 
 def _weight_cache(manifest: dict) -> Path | None:
     """The XNNPACK weight-cache file for this model on this CPU (None if its folder can't be made)."""
-    root = Path(os.environ.get("GEMMA_EDGE_CACHE", Path.home() / ".cache" / "gemma_edge")) / "litert"
+    root = cache_root() / "litert"
     h = hashlib.sha256(manifest["files"][manifest["model_file"]].encode())
-    try:  # packed layouts depend on the instruction set: a cache shared across machine kinds must not mix
-        h.update(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).encode())
-    except (OSError, StopIteration):
-        pass
+    h.update(cpu_flags().encode())  # packed layouts depend on the instruction set
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError:

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from gemma_edge.models.attention import Attention, OpAttentionCore
 from gemma_edge.models.errors import InputError
 
 from ..backend import FunctionBackend, LowerRequest, Prepared
@@ -46,18 +45,16 @@ class ExecuTorchBackend(FunctionBackend):
         "kv_cache": "the attention caches' dtype: fp32 (default) or fp16 (half the state memory; --ops fused)",
     }
 
-    def check_options(self, options: dict[str, Any]) -> None:
-        super().check_options(options)
+    def check_options(self, options: dict[str, Any], ops: str = "portable") -> None:
+        super().check_options(options, ops)
         kv = options.get("kv_cache", "fp32")
         if kv not in KV_CACHE_DTYPES:
             raise InputError(f"kv_cache must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv!r}")
-
-    def lower(self, prepared: Prepared, req: LowerRequest, progress=lambda msg: None) -> dict:
-        kv = req.options.get("kv_cache", "fp32")
-        fused = any(isinstance(m, Attention) and isinstance(m.core, OpAttentionCore) for m in prepared.model.modules())
-        if kv != "fp32" and not fused:
+        if kv != "fp32" and ops != "fused":
             raise InputError(f"kv_cache {kv} needs --ops fused: the fused attention kernels read an {kv} cache "
                              "in place, the portable attention would convert whole caches every step")  # fmt: skip
+
+    def lower(self, prepared: Prepared, req: LowerRequest, progress=lambda msg: None) -> dict:
         return lower(prepared.model, max_seq_len=req.max_seq_len, prefill_chunk=req.prefill_chunk,
                      metadata=req.metadata, recipe=req.recipe, out=req.out, progress=progress,
-                     kv_dtype=KV_CACHE_DTYPES[kv])  # fmt: skip
+                     kv_dtype=KV_CACHE_DTYPES[req.options.get("kv_cache", "fp32")])  # fmt: skip

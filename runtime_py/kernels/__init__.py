@@ -21,14 +21,16 @@ import torch
 
 from gemma_edge.models.errors import ArtifactError, ExportError
 
-__all__ = ["build_executorch_kernels", "load_executorch_kernels", "kernel_library_path"]
+__all__ = ["build_executorch_kernels", "load_executorch_kernels", "kernel_library_path", "cache_root", "cpu_flags"]
 
 _SRC = Path(__file__).parent
 _SOURCES = ("gemma_edge_executorch.cpp", "CMakeLists.txt")
 _LOADED: Path | None = None
 
 
-def _cpu_flags() -> str:
+def cpu_flags() -> str:
+    """The CPU's flags line from /proc/cpuinfo ('' where there is none): builds and packed layouts
+    depend on the instruction set, so caches shared across machine kinds key on it."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
@@ -38,10 +40,15 @@ def _cpu_flags() -> str:
     return ""
 
 
+def cache_root() -> Path:
+    """``$GEMMA_EDGE_CACHE``, default ``~/.cache/gemma_edge``: built kernels and packed-weight caches."""
+    return Path(os.environ.get("GEMMA_EDGE_CACHE", Path.home() / ".cache" / "gemma_edge"))
+
+
 def _cache_dir() -> Path:
-    root = Path(os.environ.get("GEMMA_EDGE_CACHE", Path.home() / ".cache" / "gemma_edge"))
+    root = cache_root()
     h = hashlib.sha256(version("executorch").encode())
-    h.update(_cpu_flags().encode())  # built with -march=native: a cache shared across machine kinds must not mix
+    h.update(cpu_flags().encode())  # built with -march=native: a cache shared across machine kinds must not mix
     for name in _SOURCES:
         h.update((_SRC / name).read_bytes())
     return root / "kernels" / h.hexdigest()[:16]
