@@ -97,6 +97,9 @@ def main() -> None:
     for threads in (1, 2):
         _unsafe_reset_threadpool(threads)
         ms, x, nbytes = methods(a.rows, a.dim)
+        # torch's OpenMP workers, woken by packing the table, spin on the same 2 cores: torch at one
+        # thread while timing, as the ExecuTorch Session runs (without it 2 threads read like 1 here)
+        torch.set_num_threads(1)
         times = {name: [] for name in ms}
         for _ in range(3):
             for _, m in ms.values():

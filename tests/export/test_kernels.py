@@ -165,7 +165,7 @@ class _HeadA8(_Head):
         return torch.ops.gemma_edge.table_head_a8(x, self.weight, self.scales)
 
 
-@pytest.mark.parametrize("K, group", [(96, 32), (128, 64), (48, 16)])
+@pytest.mark.parametrize("K, group", [(96, 32), (640, 32), (128, 64), (48, 16)])
 def test_table_head_a8_kernel_is_int8_activations_against_the_4bit_table(tmp_path, K, group):
     """gemma_edge::table_head_a8 (SIMD at groups of 32k, portable otherwise) computes, per group, the
     activations rounded to int8 on max|x|/127 (half to even) against the 4-bit codes, in the kernel
