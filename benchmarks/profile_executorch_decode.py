@@ -8,7 +8,7 @@ s = load(sys.argv[1] if len(sys.argv) > 1 else "artifacts/vs_llamacpp/gemma3-270
 s.prefill(list(range(3, 131)))
 t0 = time.perf_counter()
 n = 0
-while time.perf_counter() - t0 < 8:
+while time.perf_counter() - t0 < float(sys.argv[2] if len(sys.argv) > 2 else 8):
     s.pos = 128
     s.decode(5)
     n += 1

@@ -90,63 +90,137 @@ struct KeySource {
   bool half;
 };
 
+// Scores, softmax and values of one work item: the `rep` query heads that share key/value head g, at
+// one (b, t), over keys [k0, k1) of both sources in order. Each key and value row is read (and, from
+// an fp16 cache, converted) once for all `rep` heads. Leaves, per head r, the chunk's max score m[r]
+// (-inf when no key is visible), the sum of exp(score - m) l[r], and acc[r * D ...] the sum of
+// exp(score - m) * v; returns how many keys were visible.
+int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, int64_t g, int64_t kvH, int64_t qp,
+                     const KeySource* src, int n_src, int64_t k0, int64_t k1, int64_t window, double scale,
+                     double softcap, bool causal, float* score, float* row, float* m, float* l, float* acc) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const int64_t n = k1 - k0;
+  for (int64_t r = 0; r < rep; ++r) m[r] = neg_inf;
+  int64_t n_vis = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    if (pass == 1) {
+      std::fill(acc, acc + rep * D, 0.f);
+      std::fill(l, l + rep, 0.f);
+      if (n_vis == 0) break;
+    }
+    int64_t at = 0, first = 0;  // at: index over both sources; first: where this source starts
+    for (int i = 0; i < n_src; first += src[i].S, ++i) {
+      const KeySource& ks = src[i];
+      const int64_t lo = std::max<int64_t>(k0, first) - first, hi = std::min<int64_t>(k1, first + ks.S) - first;
+      if (lo >= hi) continue;
+      const int64_t base = ((b * kvH + g) * ks.S) * D;
+      const int64_t* kp = ks.kpos + (ks.kpos_shared ? 0 : b * ks.S);
+      for (int64_t s = lo; s < hi; ++s) {
+        at = first + s - k0;
+        if (!visible(qp, kp[s], window, causal)) {
+          if (pass == 0)
+            for (int64_t r = 0; r < rep; ++r) score[r * n + at] = neg_inf;
+          continue;
+        }
+        if (pass == 0) {
+          const float* kv = row_f32(ks.k, ks.half, base + s * D, D, row);
+          for (int64_t r = 0; r < rep; ++r) {
+            const float* q = qv[r];
+            float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t d = 0; d < D; ++d) dot += q[d] * kv[d];
+            float z = dot * static_cast<float>(scale);
+            if (softcap > 0) z = static_cast<float>(softcap) * std::tanh(z / static_cast<float>(softcap));
+            score[r * n + at] = z;
+            m[r] = std::max(m[r], z);
+          }
+          ++n_vis;
+        } else {
+          const float* vv = row_f32(ks.v, ks.half, base + s * D, D, row);
+          for (int64_t r = 0; r < rep; ++r) {
+            const float p = std::exp(score[r * n + at] - m[r]);
+            l[r] += p;
+            float* a = acc + r * D;
+#pragma omp simd
+            for (int64_t d = 0; d < D; ++d) a[d] += p * vv[d];
+          }
+        }
+      }
+    }
+  }
+  return n_vis;
+}
+
 // out[b, h, t] = softmax over the visible keys of both sources (in order) of q . k, times v.
+// One work item per (batch, key/value head, query) and chunk of keys: a decode step (one query) has
+// few items, so its keys are split into chunks that the threadpool shares, each with its own max,
+// merged after (as flash-decoding does).
 void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t kvH, const int64_t* qpd,
             const KeySource* src, int n_src, int64_t window, double scale, double softcap, bool causal, float* od) {
   const int64_t rep = H / kvH;
   int64_t S_total = 0;
   for (int i = 0; i < n_src; ++i) S_total += src[i].S;
-  // One work item per (batch, head, query); ExecuTorch's threadpool (sized by the runtime) runs them.
-  executorch::extension::parallel_for(0, B * H * T, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> score(S_total);
-    std::vector<float> acc(D), row(D);
+  const int64_t rows = B * kvH * T;
+  const int64_t C = rows >= 16 ? 1 : std::max<int64_t>(1, std::min<int64_t>(16, S_total / 64));
+  const int64_t span = (S_total + C - 1) / C;
+  // per (row, chunk): m (rep), l (rep), acc (rep * D), visible count
+  std::vector<float> part(rows * C * rep * (D + 2));
+  std::vector<int64_t> vis(rows * C);
+  auto qrows = [&](int64_t row, const float** qv) {
+    const int64_t b = row / (kvH * T), g = (row / T) % kvH, t = row % T;
+    for (int64_t r = 0; r < rep; ++r) qv[r] = qd + ((b * H + g * rep + r) * T + t) * D;
+  };
+  executorch::extension::parallel_for(0, rows * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> score(rep * span), row(D);
+    std::vector<const float*> qv(rep);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / (H * T), h = (item / T) % H, t = item % T;
-      const int64_t g = h / rep;
-      const float* qv = qd + ((b * H + h) * T + t) * D;
-      float* o = od + ((b * H + h) * T + t) * D;
-      const int64_t qp = qpd[t];
-      float mx = -std::numeric_limits<float>::infinity();
-      int64_t n_vis = 0, at = 0;
-      for (int i = 0; i < n_src; ++i) {
-        const KeySource& ks = src[i];
-        const int64_t base = ((b * kvH + g) * ks.S) * D;
-        const int64_t* kp = ks.kpos + (ks.kpos_shared ? 0 : b * ks.S);
-        for (int64_t s = 0; s < ks.S; ++s, ++at) {
-          if (!visible(qp, kp[s], window, causal)) {
-            score[at] = -std::numeric_limits<float>::infinity();
-            continue;
-          }
-          const float* kv = row_f32(ks.k, ks.half, base + s * D, D, row.data());
-          float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t d = 0; d < D; ++d) dot += qv[d] * kv[d];
-          float z = dot * static_cast<float>(scale);
-          if (softcap > 0) z = static_cast<float>(softcap) * std::tanh(z / static_cast<float>(softcap));
-          score[at] = z;
-          mx = std::max(mx, z);
-          ++n_vis;
-        }
-      }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      float total = 0.f;
-      at = 0;
-      for (int i = 0; i < n_src; ++i) {
-        const KeySource& ks = src[i];
-        const int64_t base = ((b * kvH + g) * ks.S) * D;
-        for (int64_t s = 0; s < ks.S; ++s, ++at) {
+      const int64_t r0 = item / C, c = item % C;
+      const int64_t b = r0 / (kvH * T), g = (r0 / T) % kvH, t = r0 % T;
+      qrows(r0, qv.data());
+      float* p = part.data() + item * rep * (D + 2);
+      const int64_t k0 = c * span, k1 = std::min(S_total, k0 + span);
+      // (a chunk past the end, or with no visible key, counts 0 and the merge skips it)
+      vis[item] = k0 < k1 ? attend_chunk(qv.data(), rep, D, b, g, kvH, qpd[t], src, n_src, k0, k1, window, scale,
+                                         softcap, causal, score.data(), row.data(), p, p + rep, p + 2 * rep)
+                          : 0;
+    }
+  });
+  executorch::extension::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(D);
+    for (int64_t r0 = begin; r0 < end; ++r0) {
+      const int64_t b = r0 / (kvH * T), g = (r0 / T) % kvH, t = r0 % T;
+      int64_t n_vis = 0;
+      for (int64_t c = 0; c < C; ++c) n_vis += vis[r0 * C + c];
+      for (int64_t r = 0; r < rep; ++r) {
+        float* o = od + ((b * H + g * rep + r) * T + t) * D;
+        if (n_vis == 0) {
           // No visible key (a padded query): the reference's finite floor gives equal weights.
-          const float p = n_vis ? (std::isinf(score[at]) ? 0.f : std::exp(score[at] - mx)) : 1.f;
-          if (p == 0.f) continue;
-          total += p;
-          const float* vv = row_f32(ks.v, ks.half, base + s * D, D, row.data());
-          float* a = acc.data();
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) a[d] += p * vv[d];
+          std::fill(o, o + D, 0.f);
+          for (int i = 0; i < n_src; ++i) {
+            const int64_t base = ((b * kvH + g) * src[i].S) * D;
+            for (int64_t s = 0; s < src[i].S; ++s) {
+              const float* vv = row_f32(src[i].v, src[i].half, base + s * D, D, row.data());
+              for (int64_t d = 0; d < D; ++d) o[d] += vv[d];
+            }
+          }
+          for (int64_t d = 0; d < D; ++d) o[d] /= static_cast<float>(S_total);
+          continue;
         }
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t c = 0; c < C; ++c) mx = std::max(mx, part[(r0 * C + c) * rep * (D + 2) + r]);
+        float total = 0.f;
+        std::fill(o, o + D, 0.f);
+        for (int64_t c = 0; c < C; ++c) {
+          const float* p = part.data() + (r0 * C + c) * rep * (D + 2);
+          if (vis[r0 * C + c] == 0) continue;
+          const float w = std::exp(p[r] - mx);
+          total += w * p[rep + r];
+          const float* a = p + 2 * rep + r * D;
+          for (int64_t d = 0; d < D; ++d) o[d] += w * a[d];
+        }
+        const float inv = 1.f / total;
+        for (int64_t d = 0; d < D; ++d) o[d] *= inv;
       }
-      const float inv = 1.f / total;
-      for (int64_t d = 0; d < D; ++d) o[d] = acc[d] * inv;
     }
   });
 }
