@@ -73,8 +73,8 @@ def profile(d: Path, context: int, steps: int, threads: int) -> dict:
     n = steps
     ops = sorted(({"op": k, "ms_per_token": v / n, "calls_per_token": counts[k] / n} for k, v in per_op.items()),
                  key=lambda r: -r["ms_per_token"])  # fmt: skip
-    return {"artifact": str(d), "context": context, "steps": steps, "threads": threads,             "wall_ms_per_token": statistics.median(wall) * 1e3, "ops": ops,
-            "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+    return {"artifact": str(d), "context": context, "steps": steps, "threads": threads,
+            "wall_ms_per_token": statistics.median(wall) * 1e3, "ops": ops, "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def markdown(res: dict) -> str:
@@ -106,7 +106,8 @@ def plot(res: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("artifact", nargs="?", default=str(ROOT / "artifacts" / "vs_llamacpp" / "gemma3-270m" / "executorch"))
+    default = ROOT / "artifacts" / "vs_llamacpp" / "gemma3-270m" / "executorch"
+    p.add_argument("artifact", nargs="?", default=str(default))
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
