@@ -31,11 +31,12 @@ import report  # noqa: E402
 CHILD = """
 import json, sys, torch
 from pathlib import Path
-from gemma_edge.runtime_py.session import import_runtime, load
 from gemma_edge.runtime_py.bench import _reset_peak_rss, current_rss_mib, peak_rss_mib
-
 from gemma_edge.runtime_py.kernels import cache_root
+from gemma_edge.runtime_py.session import import_runtime, load
+
 CACHE = str(cache_root().resolve())
+
 
 def smaps(art):
     art = str(Path(art).resolve())

@@ -108,7 +108,7 @@ int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, 
       std::fill(l, l + rep, 0.f);
       if (n_vis == 0) break;
     }
-    int64_t at = 0, first = 0;  // at: index over both sources; first: where this source starts
+    int64_t first = 0;  // where this source starts in the index over both sources
     for (int i = 0; i < n_src; first += src[i].S, ++i) {
       const KeySource& ks = src[i];
       const int64_t lo = std::max<int64_t>(k0, first) - first, hi = std::min<int64_t>(k1, first + ks.S) - first;
@@ -116,7 +116,7 @@ int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, 
       const int64_t base = ((b * kvH + g) * ks.S) * D;
       const int64_t* kp = ks.kpos + (ks.kpos_shared ? 0 : b * ks.S);
       for (int64_t s = lo; s < hi; ++s) {
-        at = first + s - k0;
+        const int64_t at = first + s - k0;  // within the chunk
         if (!visible(qp, kp[s], window, causal)) {
           if (pass == 0)
             for (int64_t r = 0; r < rep; ++r) score[r * n + at] = neg_inf;
@@ -166,17 +166,13 @@ void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t
   // per (row, chunk): m (rep), l (rep), acc (rep * D), visible count
   std::vector<float> part(rows * C * rep * (D + 2));
   std::vector<int64_t> vis(rows * C);
-  auto qrows = [&](int64_t row, const float** qv) {
-    const int64_t b = row / (kvH * T), g = (row / T) % kvH, t = row % T;
-    for (int64_t r = 0; r < rep; ++r) qv[r] = qd + ((b * H + g * rep + r) * T + t) * D;
-  };
   executorch::extension::parallel_for(0, rows * C, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> score(rep * span), row(D);
     std::vector<const float*> qv(rep);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r0 = item / C, c = item % C;
       const int64_t b = r0 / (kvH * T), g = (r0 / T) % kvH, t = r0 % T;
-      qrows(r0, qv.data());
+      for (int64_t r = 0; r < rep; ++r) qv[r] = qd + ((b * H + g * rep + r) * T + t) * D;
       float* p = part.data() + item * rep * (D + 2);
       const int64_t k0 = c * span, k1 = std::min(S_total, k0 + span);
       // (a chunk past the end, or with no visible key, counts 0 and the merge skips it)
@@ -560,7 +556,7 @@ namespace {
 #define GEMMA_EDGE_A8_AVX512 1
 #endif
 
-// One x row quantized for row_dot_q4_q8 / rows_q4_q8_avx512: q in the codes' nibble order (per 32
+// One x row quantized for row_dot_q4_q8 / row_dot_q4_q8_avx512: q in the codes' nibble order (per 32
 // values: the 16 even ones, which meet the high nibbles, then the 16 odd ones; on the AVX-512 path
 // per pair of groups as above, and a last unpaired group as one block); s_x and 8 * sum(q) per
 // group; n8q, on the AVX-512 path, -8 * the sum of each 4 consecutive q of the pairs.
@@ -676,7 +672,7 @@ inline float row_dot_q4_q8(const uint8_t* w, const uint16_t* sc, const QuantRow&
 // vector; per pair, one VNNI dot and one FMA against those scales spread over the pair's lanes. The
 // hardware prefetcher keeps up with the row stream here (~25 GB/s on 2 cores of a Zen 4 EPYC, the
 // bandwidth a streaming read gets), so there is no software prefetch.
-inline float rows_q4_q8_avx512(const uint8_t* w, const uint16_t* sc, const QuantRow& x, int64_t G) {
+inline float row_dot_q4_q8_avx512(const uint8_t* w, const uint16_t* sc, const QuantRow& x, int64_t G) {
   const int64_t paired = G / 2 * 2;
   const __m512i m0f = _mm512_set1_epi8(0x0f);
   const __m512i lane_group = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
@@ -742,7 +738,7 @@ Tensor& table_head_a8_out(KernelRuntimeContext& ctx, const Tensor& x, const Tens
   if (avx512_q4_q8(gs)) {
     executorch::extension::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n)
-        for (int64_t m = 0; m < M; ++m) od[m * N + n] = rows_q4_q8_avx512(wd + n * row_bytes, sd + n * G, xq[m], G);
+        for (int64_t m = 0; m < M; ++m) od[m * N + n] = row_dot_q4_q8_avx512(wd + n * row_bytes, sd + n * G, xq[m], G);
     });
     return out;
   }
