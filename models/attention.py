@@ -83,6 +83,9 @@ class AttnContext:
     ring_pos: torch.Tensor | None = None  # (B, W) positions held by the ring slots before the chunk
     cos_table: torch.Tensor | None = None  # (L, rot / 2) for ops that apply RoPE themselves
     sin_table: torch.Tensor | None = None
+    cache_len: int | None = None  # slots of this kind's caches (None: no cache, attend within the chunk)
+    cache_pos: torch.Tensor | None = None  # (B, S) positions a global cache holds before the chunk (OpAttentionCore)
+    cache_src: torch.Tensor | None = None  # (T,) the chunk row each global cache write takes: all, in order
 
     @staticmethod
     def build(inv_freq, pos, batch: int, window: int, causal: bool, cache_len: int | None, key_mask=None):
@@ -101,7 +104,7 @@ class AttnContext:
         else:  # global cache indexed by position
             k_pos = torch.arange(cache_len, device=pos.device, dtype=pos.dtype)[None, :].expand(batch, cache_len)
         vis = ops.visible_mask(pos, k_pos, window, causal)
-        return AttnContext(pos, emb.cos(), emb.sin(), k_pos, vis, ring_write, ring_pos)
+        return AttnContext(pos, emb.cos(), emb.sin(), k_pos, vis, ring_write, ring_pos, cache_len=cache_len)
 
 
 def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -159,17 +162,32 @@ class AttentionCore:
 
 
 class OpAttentionCore(AttentionCore):
-    """The same attention through ``torch.ops.gemma_edge``: ``sliding_window_attention``, and for a
-    causal local layer ``ring_attention`` (the kernel reads ring and chunk apart, no copy)."""
+    """The same attention through ``torch.ops.gemma_edge``. A causal layer with a cache takes one
+    ``cached_attention`` (q/k norm, RoPE, attention over cache and chunk, the rows to write); without
+    a cache (an encoder, a cacheless call) ``sliding_window_attention`` over the chunk."""
 
-    def read_ring(self, layer, q, k, v, cache, ctx):
-        if not layer.causal:
-            return super().read_ring(layer, q, k, v, cache, ctx)
-        _, src = ctx.ring_write
-        out, k_rows, v_rows = torch.ops.gemma_edge.ring_attention(
-            q, k, v, cache[0], cache[1], ctx.pos, ctx.ring_pos, src, layer.window, layer.scale, layer.softcap
-        )
-        return out, None, None, k_rows, v_rows
+    def extend_context(self, ctx: AttnContext, inv_freq: torch.Tensor) -> None:
+        if ctx.cache_len is not None and ctx.ring_write is None:  # a global cache, indexed by position
+            s = torch.arange(ctx.cache_len, device=ctx.pos.device, dtype=ctx.pos.dtype)
+            held = torch.where(s < ctx.pos[0], s, torch.full_like(s, -1))  # written by earlier chunks
+            ctx.cache_pos = held[None, :].expand(ctx.k_pos.shape[0], ctx.cache_len)
+            ctx.cache_src = torch.arange(ctx.pos.shape[0], device=ctx.pos.device, dtype=ctx.pos.dtype)
+
+    def __call__(self, layer: Attention, q, k, v, ctx: AttnContext, cache):
+        if cache is None or not layer.causal:
+            return super().__call__(layer, q, k, v, ctx, cache)
+        if layer.window:
+            (slots, src), held = ctx.ring_write, ctx.ring_pos
+        else:
+            slots, src, held = ctx.pos, ctx.cache_src, ctx.cache_pos
+        no_norm = q.new_empty(0)
+        out, k_rows, v_rows = torch.ops.gemma_edge.cached_attention(
+            q, k, v, layer.q_norm.weight if layer.q_norm is not None else no_norm,
+            layer.k_norm.weight if layer.k_norm is not None else no_norm, ctx.cos, ctx.sin, cache[0], cache[1],
+            ctx.pos, held, src, layer.window, layer.scale, layer.softcap,
+            layer.q_norm.eps if layer.q_norm is not None else 0.0,
+        )  # fmt: skip
+        return out, (cache[0].index_copy(2, slots.long(), k_rows), cache[1].index_copy(2, slots.long(), v_rows))
 
     def attend(self, layer, q, keys, values, ctx):
         return torch.ops.gemma_edge.sliding_window_attention(

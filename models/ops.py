@@ -6,6 +6,10 @@
 * ``gemma_edge::ring_attention`` - the same causal attention over a local layer's ring and the
   current chunk given apart (no concatenation), also handing back the chunk rows the ring write
   takes.
+* ``gemma_edge::cached_attention`` - a causal layer's whole attention step after its projections:
+  the per-head q/k RMSNorm (Gemma 3) and RoPE of the chunk, attention over (cache before the chunk,
+  chunk) as ``ring_attention``, and the rotated chunk rows the cache write takes. One op instead of
+  the dozens of small ones that norms and rotate-half lower to (ExecuTorch's decode path).
 * ``gemma_edge::rg_lru`` - the RG-LRU scan of Griffin (REFERENCE §2b) with the hidden state in and
   out.
 
@@ -18,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .layers import apply_rope, rms_norm
+
 __all__ = [
     "attention_reference",
     "masked_attention",
@@ -25,6 +31,8 @@ __all__ = [
     "rg_lru_reference",
     "rg_lru_closed_form",
     "sliding_window_attention",
+    "ring_attention",
+    "cached_attention",
     "rg_lru",
 ]
 
@@ -196,6 +204,44 @@ def ring_attention(
 @ring_attention.register_fake
 def _(q, k, v, k_ring, v_ring, q_pos, ring_pos, src, window, scale, softcap):
     return torch.empty_like(q), torch.empty_like(k, dtype=k_ring.dtype), torch.empty_like(v, dtype=v_ring.dtype)
+
+
+@torch.library.custom_op("gemma_edge::cached_attention", mutates_args=())
+def cached_attention(
+    q: torch.Tensor,  # (B, T, H * D): the chunk's projected queries, before norm and RoPE
+    k: torch.Tensor,  # (B, T, kvH * D)
+    v: torch.Tensor,  # (B, T, kvH * D)
+    q_norm: torch.Tensor,  # (D,) zero-centred RMSNorm weight, or empty: no q/k norm (Gemma 2)
+    k_norm: torch.Tensor,  # (D,) or empty
+    cos: torch.Tensor,  # (T, rot) fp32, from positions (AttnContext.build)
+    sin: torch.Tensor,  # (T, rot)
+    k_cache: torch.Tensor,  # (B, kvH, S, D): a ring or a global cache as it was before the chunk
+    v_cache: torch.Tensor,
+    q_pos: torch.Tensor,  # (T,) the chunk's positions
+    cache_pos: torch.Tensor,  # (B, S) positions the cache slots hold before the chunk, -1 = empty
+    src: torch.Tensor,  # (T,) which chunk row each cache write takes
+    window: int,  # 0 = global
+    scale: float,
+    softcap: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal attention of a chunk over its cache and itself: out (B, T, H * D), and the chunk's
+    rotated k rows and its v rows at ``src`` (B, kvH, T, D) in the cache's dtype, for the write."""
+    B, T, _ = q.shape
+    D = k_cache.shape[-1]
+    q, k, v = (x.view(B, T, -1, D).transpose(1, 2) for x in (q, k, v))
+    if q_norm.numel():
+        q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    out, k_rows, v_rows = ring_attention(q, k, v, k_cache, v_cache, q_pos, cache_pos, src, window, scale, softcap)
+    return out.transpose(1, 2).reshape(B, T, -1), k_rows, v_rows
+
+
+@cached_attention.register_fake
+def _(q, k, v, q_norm, k_norm, cos, sin, k_cache, v_cache, q_pos, cache_pos, src, window, scale, softcap, eps):
+    B, T, _ = q.shape
+    rows = k_cache.new_empty(B, k_cache.shape[1], T, k_cache.shape[3])
+    return torch.empty_like(q), rows, torch.empty_like(rows)
 
 
 @torch.library.custom_op("gemma_edge::rg_lru", mutates_args=())

@@ -155,8 +155,10 @@ int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, 
 // One work item per (batch, key/value head, query) and chunk of keys: a decode step (one query) has
 // few items, so its keys are split into chunks that the threadpool shares, each with its own max,
 // merged after (as flash-decoding does).
+// q is (B, H, T, D); the output (B, H, T, D), or with out_bthd (B, T, H, D).
 void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t kvH, const int64_t* qpd,
-            const KeySource* src, int n_src, int64_t window, double scale, double softcap, bool causal, float* od) {
+            const KeySource* src, int n_src, int64_t window, double scale, double softcap, bool causal, float* od,
+            bool out_bthd = false) {
   const int64_t rep = H / kvH;
   int64_t S_total = 0;
   for (int i = 0; i < n_src; ++i) S_total += src[i].S;
@@ -188,7 +190,8 @@ void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t
       int64_t n_vis = 0;
       for (int64_t c = 0; c < C; ++c) n_vis += vis[r0 * C + c];
       for (int64_t r = 0; r < rep; ++r) {
-        float* o = od + ((b * H + g * rep + r) * T + t) * D;
+        const int64_t h = g * rep + r;
+        float* o = od + (out_bthd ? (b * T + t) * H + h : (b * H + h) * T + t) * D;
         if (n_vis == 0) {
           // No visible key (a padded query): the reference's finite floor gives equal weights.
           std::fill(o, o + D, 0.f);
@@ -305,6 +308,128 @@ void ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
       } else {
         std::copy_n(kd + from, D, k_rows.mutable_data_ptr<float>() + to);
         std::copy_n(vd + from, D, v_rows.mutable_data_ptr<float>() + to);
+      }
+    }
+  }
+}
+
+namespace {
+
+// One head row x (D) -> y: RMSNorm with the zero-centred weight w (none when w is null), then
+// rotate-half RoPE of the first `rot` channels with this position's cos/sin rows (the reference's
+// rms_norm and apply_rope, in fp32).
+void norm_rope_row(const float* x, int64_t D, const float* w, float eps, const float* c, const float* sn,
+                   int64_t rot, float* y) {
+  if (w != nullptr) {
+    float ss = 0.f;
+    for (int64_t d = 0; d < D; ++d) ss += x[d] * x[d];
+    const float r = 1.f / std::sqrt(ss / static_cast<float>(D) + eps);
+    for (int64_t d = 0; d < D; ++d) y[d] = x[d] * r * (1.f + w[d]);
+  } else {
+    std::copy_n(x, D, y);
+  }
+  const int64_t half = rot / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = y[i], b = y[i + half];
+    y[i] = a * c[i] - b * sn[i];
+    y[i + half] = b * c[i + half] + a * sn[i + half];
+  }
+}
+
+}  // namespace
+
+// q (B, T, H*D), k/v (B, T, kvH*D) as projected; q_norm/k_norm (D,) or empty; cos/sin (T, rot);
+// caches (B, kvH, S, D) fp32 or fp16 as before the chunk; q_pos (T,); cache_pos (B, S); src (T,)
+// -> out (B, T, H*D); k_rows/v_rows (B, kvH, T, D) in the caches' type: the chunk's normed, rotated
+// k rows and its v rows at src, which the program then writes into the cache.
+void cached_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& q_norm, const Tensor& k_norm, const Tensor& cos, const Tensor& sin,
+                          const Tensor& k_cache, const Tensor& v_cache, const Tensor& q_pos, const Tensor& cache_pos,
+                          const Tensor& src_rows, int64_t window, double scale, double softcap, double eps,
+                          Tensor& out, Tensor& k_rows, Tensor& v_rows) {
+  const ScalarType cache_t = k_cache.scalar_type();
+  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == ScalarType::Float &&
+                               v.scalar_type() == ScalarType::Float && cos.scalar_type() == ScalarType::Float &&
+                               sin.scalar_type() == ScalarType::Float && q_norm.scalar_type() == ScalarType::Float &&
+                               k_norm.scalar_type() == ScalarType::Float && v_cache.scalar_type() == cache_t &&
+                               (cache_t == ScalarType::Float || cache_t == ScalarType::Half) &&
+                               k_rows.scalar_type() == cache_t && v_rows.scalar_type() == cache_t, InvalidArgument, ,
+                      "gemma_edge::cached_attention: fp32 q/k/v/norms/tables, caches and rows both fp32 or both "
+                      "fp16 expected");
+  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && k_cache.dim() == 4 &&
+                               v_cache.dim() == 4 && cos.dim() == 2 && sin.dim() == 2 && cache_pos.dim() == 2 &&
+                               src_rows.dim() == 1 && q_norm.dim() == 1 && k_norm.dim() == 1, InvalidArgument, ,
+                      "gemma_edge::cached_attention: q/k/v 3-D, caches 4-D, tables and cache_pos 2-D, src and "
+                      "norms 1-D expected");
+  ET_KERNEL_CHECK_MSG(ctx, q_pos.scalar_type() == ScalarType::Long && cache_pos.scalar_type() == ScalarType::Long &&
+                               src_rows.scalar_type() == ScalarType::Long, InvalidArgument, ,
+                      "gemma_edge::cached_attention: int64 positions and rows expected");
+  const int64_t B = q.size(0), T = q.size(1), D = k_cache.size(3), kvH = k_cache.size(1), S = k_cache.size(2);
+  const int64_t H = D > 0 ? q.size(2) / D : 0, rot = cos.size(1);
+  const bool norm = q_norm.numel() > 0;
+  ET_KERNEL_CHECK_MSG(ctx, D > 0 && H > 0 && kvH > 0 && H % kvH == 0 && q.size(2) == H * D && k.size(0) == B &&
+                               k.size(1) == T && k.size(2) == kvH * D && v.size(0) == B && v.size(1) == T &&
+                               v.size(2) == kvH * D && k_cache.size(0) == B && v_cache.size(0) == B &&
+                               v_cache.size(1) == kvH && v_cache.size(2) == S && v_cache.size(3) == D &&
+                               cos.size(0) == T && sin.size(0) == T && sin.size(1) == rot && rot % 2 == 0 &&
+                               rot <= D && cache_pos.size(0) == B && cache_pos.size(1) == S && src_rows.size(0) == T &&
+                               q_pos.size(0) == T && (norm ? q_norm.size(0) == D && k_norm.size(0) == D
+                                                           : k_norm.numel() == 0), InvalidArgument, ,
+                      "gemma_edge::cached_attention: shape mismatch");
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok, InvalidArgument, );
+  const executorch::aten::SizesType rows_shape[4] = {static_cast<executorch::aten::SizesType>(B),
+      static_cast<executorch::aten::SizesType>(kvH), static_cast<executorch::aten::SizesType>(T),
+      static_cast<executorch::aten::SizesType>(D)};  // fmt: skip
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(k_rows, {rows_shape, 4}) == Error::Ok, InvalidArgument, );
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(v_rows, {rows_shape, 4}) == Error::Ok, InvalidArgument, );
+  const int64_t* rows = src_rows.const_data_ptr<int64_t>();
+  for (int64_t j = 0; j < T; ++j) {
+    ET_KERNEL_CHECK_MSG(ctx, rows[j] >= 0 && rows[j] < T, InvalidArgument, ,
+                        "gemma_edge::cached_attention: src[%" PRId64 "] = %" PRId64 " is not a chunk row (0..%" PRId64
+                        ")", j, rows[j], T - 1);
+  }
+  // The chunk's heads normed and rotated into (B, heads, T, D), the layout attend reads.
+  std::vector<float> qr(B * H * T * D), kr(B * kvH * T * D), vr(B * kvH * T * D);
+  const float* qd = q.const_data_ptr<float>();
+  const float* kd = k.const_data_ptr<float>();
+  const float* vd = v.const_data_ptr<float>();
+  const float* qw = norm ? q_norm.const_data_ptr<float>() : nullptr;
+  const float* kw = norm ? k_norm.const_data_ptr<float>() : nullptr;
+  const float* cd = cos.const_data_ptr<float>();
+  const float* sd = sin.const_data_ptr<float>();
+  const float e = static_cast<float>(eps);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t) {
+      const float *c = cd + t * rot, *sn = sd + t * rot;
+      for (int64_t h = 0; h < H; ++h)
+        norm_rope_row(qd + ((b * T + t) * H + h) * D, D, qw, e, c, sn, rot, qr.data() + ((b * H + h) * T + t) * D);
+      for (int64_t g = 0; g < kvH; ++g) {
+        const int64_t from = ((b * T + t) * kvH + g) * D, to = ((b * kvH + g) * T + t) * D;
+        norm_rope_row(kd + from, D, kw, e, c, sn, rot, kr.data() + to);
+        std::copy_n(vd + from, D, vr.data() + to);
+      }
+    }
+  }
+  const int64_t* qpd = q_pos.const_data_ptr<int64_t>();
+  const KeySource src[2] = {
+      {k_cache.const_data_ptr(), v_cache.const_data_ptr(), cache_pos.const_data_ptr<int64_t>(), S, false,
+       cache_t == ScalarType::Half},
+      {kr.data(), vr.data(), qpd, T, true, false},
+  };
+  attend(qr.data(), B, H, T, D, kvH, qpd, src, 2, window, scale, softcap, true, out.mutable_data_ptr<float>(), true);
+  for (int64_t bg = 0; bg < B * kvH; ++bg) {
+    for (int64_t j = 0; j < T; ++j) {
+      const int64_t from = (bg * T + rows[j]) * D, to = (bg * T + j) * D;
+      if (cache_t == ScalarType::Half) {  // rounded to nearest even, as torch's .to(float16)
+        executorch::aten::Half* kh = k_rows.mutable_data_ptr<executorch::aten::Half>();
+        executorch::aten::Half* vh = v_rows.mutable_data_ptr<executorch::aten::Half>();
+        for (int64_t d = 0; d < D; ++d) {
+          kh[to + d] = executorch::aten::Half(kr[from + d]);
+          vh[to + d] = executorch::aten::Half(vr[from + d]);
+        }
+      } else {
+        std::copy_n(kr.data() + from, D, k_rows.mutable_data_ptr<float>() + to);
+        std::copy_n(vr.data() + from, D, v_rows.mutable_data_ptr<float>() + to);
       }
     }
   }
@@ -789,6 +914,20 @@ void ring_attention_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
 
 const auto ring_attention_registration = executorch::runtime::register_kernel(
     executorch::runtime::Kernel("gemma_edge::ring_attention.out", ring_attention_out_boxed));
+
+// cached_attention.out: 16 inputs, then out, k_rows, v_rows, then the aggregate return (ignored).
+void cached_attention_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  ET_KERNEL_CHECK_MSG(ctx, stack.size() == 20, InvalidProgram, , "gemma_edge::cached_attention.out: expected 20 "
+                      "stack entries, got %zu", static_cast<size_t>(stack.size()));
+  cached_attention_out(ctx, stack[0]->toTensor(), stack[1]->toTensor(), stack[2]->toTensor(), stack[3]->toTensor(),
+                       stack[4]->toTensor(), stack[5]->toTensor(), stack[6]->toTensor(), stack[7]->toTensor(),
+                       stack[8]->toTensor(), stack[9]->toTensor(), stack[10]->toTensor(), stack[11]->toTensor(),
+                       stack[12]->toInt(), stack[13]->toDouble(), stack[14]->toDouble(), stack[15]->toDouble(),
+                       stack[16]->toTensor(), stack[17]->toTensor(), stack[18]->toTensor());
+}
+
+const auto cached_attention_registration = executorch::runtime::register_kernel(
+    executorch::runtime::Kernel("gemma_edge::cached_attention.out", cached_attention_out_boxed));
 
 }  // namespace
 }  // namespace gemma_edge

@@ -148,6 +148,58 @@ def test_attention_kernels_read_fp16_caches(tmp_path, D):
     assert torch.equal(v_rows, cv[:, :, src].half())  # values ~100: rounding, not truncation, decides bits
 
 
+class _Cached(torch.nn.Module):
+    def __init__(self, window, softcap, eps):
+        super().__init__()
+        self.window, self.softcap, self.eps = window, softcap, eps
+
+    def forward(self, q, k, v, qn, kn, cos, sin, kc, vc, q_pos, cache_pos, src):
+        return torch.ops.gemma_edge.cached_attention(q, k, v, qn, kn, cos, sin, kc, vc, q_pos, cache_pos, src,
+                                                     self.window, 0.25, self.softcap, self.eps)  # fmt: skip
+
+
+@pytest.mark.parametrize("window, softcap, norm, half, rot", [(8, 3.0, True, False, 16), (0, 0.0, True, True, 16),
+                                                              (8, 0.0, False, True, 8), (0, 3.0, False, False, 12)])
+def test_cached_attention_kernel_matches_reference(tmp_path, window, softcap, norm, half, rot):
+    """The whole step of a cached layer in one kernel: per-head q/k RMSNorm (or none, as Gemma 2),
+    RoPE of the first ``rot`` channels, attention over (cache before the chunk, chunk) of a ring
+    (window) or a global cache, the output in (B, T, H * D) and the rotated rows for the cache write,
+    rounded to an fp16 cache's type. Its reference composes rms_norm, apply_rope and ring_attention."""
+    from gemma_edge.models.attention import AttnContext, ring_slot_positions, ring_write_index
+    from gemma_edge.models.layers import rope_inv_freq
+
+    B, H, kvH, D, S = 2, 4, 2, 16, 8 if window else 40
+    inv = rope_inv_freq(D, rot / D, 100.0, 1.0)
+
+    def inputs(start, T):
+        q = torch.randn(B, T, H * D, generator=G) * 2
+        k, v = torch.randn(B, T, kvH * D, generator=G) * 2, torch.randn(B, T, kvH * D, generator=G)
+        qn, kn = (torch.randn(D, generator=G), torch.randn(D, generator=G)) if norm else (torch.empty(0),) * 2
+        kc, vc = torch.randn(B, kvH, S, D, generator=G), torch.randn(B, kvH, S, D, generator=G)
+        if half:
+            kc, vc = kc.half(), vc.half()
+        pos = torch.arange(start, start + T)
+        ctx = AttnContext.build(inv, pos, B, window, True, None)
+        if window:
+            held, src = ring_slot_positions(torch.tensor(start), S), ring_write_index(pos, S)[1]
+        else:
+            s = torch.arange(S)
+            held, src = torch.where(s < start, s, -1), torch.arange(T)
+        return q, k, v, qn, kn, ctx.cos, ctx.sin, kc, vc, pos, held[None].expand(B, S).contiguous(), src
+
+    T = Dim("T", min=1, max=16)
+    dyn = ({1: T}, {1: T}, {1: T}, None, None, {0: T}, {0: T}, None, None, {0: T}, None, {0: T})
+    cases = [inputs(0, 5), inputs(3, 1), inputs(13, 1), inputs(20, 12), inputs(9, 16)]
+    outs = _run_pte(_Cached(window, softcap, 1e-6), inputs(4, 3), dyn, tmp_path, cases)
+    for args, (out, k_rows, v_rows) in zip(cases, outs):
+        ref, ref_k, ref_v = ops.cached_attention(*args, window, 0.25, softcap, 1e-6)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        assert k_rows.dtype == ref_k.dtype == args[7].dtype
+        # the rotated rows differ from torch's by fp32 rounding at most (one ulp before an fp16 rounding)
+        torch.testing.assert_close(k_rows.float(), ref_k.float(), rtol=1e-3 if half else 1e-5, atol=1e-5)
+        assert torch.equal(v_rows, ref_v)
+
+
 class _LRU(torch.nn.Module):
     def forward(self, x, wx, bx, wa, ba, lam, pos, h0):
         return torch.ops.gemma_edge.rg_lru(x, wx, bx, wa, ba, lam, pos, h0, 8.0)
