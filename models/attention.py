@@ -84,8 +84,7 @@ class AttnContext:
     cos_table: torch.Tensor | None = None  # (L, rot / 2) for ops that apply RoPE themselves
     sin_table: torch.Tensor | None = None
     cache_len: int | None = None  # slots of this kind's caches (None: no cache, attend within the chunk)
-    cache_pos: torch.Tensor | None = None  # (B, S) positions a global cache holds before the chunk (OpAttentionCore)
-    cache_src: torch.Tensor | None = None  # (T,) the chunk row each global cache write takes: all, in order
+    cache_src: torch.Tensor | None = None  # (T,) the chunk row each global cache write takes (OpAttentionCore)
 
     @staticmethod
     def build(inv_freq, pos, batch: int, window: int, causal: bool, cache_len: int | None, key_mask=None):
@@ -167,10 +166,7 @@ class OpAttentionCore(AttentionCore):
     a cache (an encoder, a cacheless call) ``sliding_window_attention`` over the chunk."""
 
     def extend_context(self, ctx: AttnContext, inv_freq: torch.Tensor) -> None:
-        if ctx.cache_len is not None and ctx.ring_write is None:  # a global cache, indexed by position
-            s = torch.arange(ctx.cache_len, device=ctx.pos.device, dtype=ctx.pos.dtype)
-            held = torch.where(s < ctx.pos[0], s, torch.full_like(s, -1))  # written by earlier chunks
-            ctx.cache_pos = held[None, :].expand(ctx.k_pos.shape[0], ctx.cache_len)
+        if ctx.cache_len is not None and ctx.ring_write is None:  # a global cache: every chunk row, in order
             ctx.cache_src = torch.arange(ctx.pos.shape[0], device=ctx.pos.device, dtype=ctx.pos.dtype)
 
     def __call__(self, layer: Attention, q, k, v, ctx: AttnContext, cache):
@@ -179,7 +175,7 @@ class OpAttentionCore(AttentionCore):
         if layer.window:
             (slots, src), held = ctx.ring_write, ctx.ring_pos
         else:
-            slots, src, held = ctx.pos, ctx.cache_src, ctx.cache_pos
+            slots, src, held = ctx.pos, ctx.cache_src, ctx.k_pos  # slot = position (cached_attention skips stale)
         no_norm = q.new_empty(0)
         out, k_rows, v_rows = torch.ops.gemma_edge.cached_attention(
             q, k, v, layer.q_norm.weight if layer.q_norm is not None else no_norm,

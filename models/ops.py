@@ -218,7 +218,7 @@ def cached_attention(
     k_cache: torch.Tensor,  # (B, kvH, S, D): a ring or a global cache as it was before the chunk
     v_cache: torch.Tensor,
     q_pos: torch.Tensor,  # (T,) the chunk's positions
-    cache_pos: torch.Tensor,  # (B, S) positions the cache slots hold before the chunk, -1 = empty
+    cache_pos: torch.Tensor,  # (B, S) positions the cache slots hold, -1 = empty; >= q_pos[0]: stale
     src: torch.Tensor,  # (T,) which chunk row each cache write takes
     window: int,  # 0 = global
     scale: float,
@@ -226,8 +226,11 @@ def cached_attention(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Causal attention of a chunk over its cache and itself: out (B, T, H * D), and the chunk's
-    rotated k rows and its v rows at ``src`` (B, kvH, T, D) in the cache's dtype, for the write."""
+    rotated k rows and its v rows at ``src`` (B, kvH, T, D) in the cache's dtype, for the write.
+    A cache slot holding a position at or past the chunk's start is not read (the chunk's own rows
+    stand for those positions), so a global cache passes its slot indices as they are."""
     B, T, _ = q.shape
+    cache_pos = torch.where(cache_pos < q_pos[0], cache_pos, torch.full_like(cache_pos, -1))
     D = k_cache.shape[-1]
     q, k, v = (x.view(B, T, -1, D).transpose(1, 2) for x in (q, k, v))
     if q_norm.numel():

@@ -71,7 +71,10 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True,
     through the custom ops if fused, with XNNPACK-friendly norms."""
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     _swap_norms(model)
-    fuse_projections(model)  # one XNNPACK linear for q/k/v and one for gate/up
+    if ops != "fused":
+        # One XNNPACK linear for q/k/v and one for gate/up. Fused, they stay apart: the split after a
+        # fused linear is a portable op between two delegate calls, and cached_attention takes q, k, v.
+        fuse_projections(model)
     shared = ops == "fused" and model.config.causal and getattr(model, "lm_head", 1) is None
     if recipe.embedding_bits is not None and not shared:
         untie_head(model)  # stock ops: the head is an XNNPACK linear, which keeps its own copy

@@ -88,6 +88,7 @@ struct KeySource {
   int64_t S;
   bool kpos_shared;
   bool half;
+  int64_t kpos_end = std::numeric_limits<int64_t>::max();  // keys at positions >= this are not read
 };
 
 // Scores, softmax and values of one work item: the `rep` query heads that share key/value head g, at
@@ -117,7 +118,7 @@ int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, 
       const int64_t* kp = ks.kpos + (ks.kpos_shared ? 0 : b * ks.S);
       for (int64_t s = lo; s < hi; ++s) {
         const int64_t at = first + s - k0;  // within the chunk
-        if (!visible(qp, kp[s], window, causal)) {
+        if (kp[s] >= ks.kpos_end || !visible(qp, kp[s], window, causal)) {
           if (pass == 0)
             for (int64_t r = 0; r < rep; ++r) score[r * n + at] = neg_inf;
           continue;
@@ -339,7 +340,8 @@ void norm_rope_row(const float* x, int64_t D, const float* w, float eps, const f
 }  // namespace
 
 // q (B, T, H*D), k/v (B, T, kvH*D) as projected; q_norm/k_norm (D,) or empty; cos/sin (T, rot);
-// caches (B, kvH, S, D) fp32 or fp16 as before the chunk; q_pos (T,); cache_pos (B, S); src (T,)
+// caches (B, kvH, S, D) fp32 or fp16 as before the chunk; q_pos (T,); cache_pos (B, S) (a slot at a
+// position >= q_pos[0] is stale: the chunk's own rows stand for it); src (T,)
 // -> out (B, T, H*D); k_rows/v_rows (B, kvH, T, D) in the caches' type: the chunk's normed, rotated
 // k rows and its v rows at src, which the program then writes into the cache.
 void cached_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -413,7 +415,7 @@ void cached_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tens
   const int64_t* qpd = q_pos.const_data_ptr<int64_t>();
   const KeySource src[2] = {
       {k_cache.const_data_ptr(), v_cache.const_data_ptr(), cache_pos.const_data_ptr<int64_t>(), S, false,
-       cache_t == ScalarType::Half},
+       cache_t == ScalarType::Half, T > 0 ? qpd[0] : 0},  // slots at the chunk's positions or later: stale
       {kr.data(), vr.data(), qpd, T, true, false},
   };
   attend(qr.data(), B, H, T, D, kvH, qpd, src, 2, window, scale, softcap, true, out.mutable_data_ptr<float>(), true);

@@ -182,9 +182,8 @@ def test_cached_attention_kernel_matches_reference(tmp_path, window, softcap, no
         ctx = AttnContext.build(inv, pos, B, window, True, None)
         if window:
             held, src = ring_slot_positions(torch.tensor(start), S), ring_write_index(pos, S)[1]
-        else:
-            s = torch.arange(S)
-            held, src = torch.where(s < start, s, -1), torch.arange(T)
+        else:  # a global cache: slot = position, the slots from the chunk's start on are stale
+            held, src = torch.arange(S), torch.arange(T)
         return q, k, v, qn, kn, ctx.cos, ctx.sin, kc, vc, pos, held[None].expand(B, S).contiguous(), src
 
     T = Dim("T", min=1, max=16)
