@@ -142,7 +142,14 @@ class Session:
 
     @_locked
     def decode(self, token: int) -> torch.Tensor:
-        return self.prefill([token])
+        """One token at the current position: ``prefill([token])`` (whose checks answer anything but
+        a plain in-range int at a free position), without its per-call tensor checks."""
+        if (type(token) is not int or not 0 <= token < self.config.vocab_size or self.pos >= self.max_seq_len
+                or not self.config.causal):  # fmt: skip
+            return self.prefill([token])
+        logits = self._forward(torch.tensor([[token]], dtype=torch.int64), self.pos)
+        self.pos += 1
+        return logits
 
     @_locked
     def generate(
