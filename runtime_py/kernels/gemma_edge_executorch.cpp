@@ -96,9 +96,10 @@ struct KeySource {
 // an fp16 cache, converted) once for all `rep` heads. Leaves, per head r, the chunk's max score m[r]
 // (-inf when no key is visible), the sum of exp(score - m) l[r], and acc[r * D ...] the sum of
 // exp(score - m) * v; returns how many keys were visible.
+// Source i is read over its first n_read[i] slots (attend trims the slots past the last visible one).
 int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, int64_t g, int64_t kvH, int64_t qp,
-                     const KeySource* src, int n_src, int64_t k0, int64_t k1, int64_t window, double scale,
-                     double softcap, bool causal, float* score, float* row, float* m, float* l, float* acc) {
+                     const KeySource* src, const int64_t* n_read, int n_src, int64_t k0, int64_t k1, int64_t window,
+                     double scale, double softcap, bool causal, float* score, float* row, float* m, float* l, float* acc) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int64_t n = k1 - k0;
   for (int64_t r = 0; r < rep; ++r) m[r] = neg_inf;
@@ -110,9 +111,9 @@ int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, 
       if (n_vis == 0) break;
     }
     int64_t first = 0;  // where this source starts in the index over both sources
-    for (int i = 0; i < n_src; first += src[i].S, ++i) {
+    for (int i = 0; i < n_src; first += n_read[i], ++i) {
       const KeySource& ks = src[i];
-      const int64_t lo = std::max<int64_t>(k0, first) - first, hi = std::min<int64_t>(k1, first + ks.S) - first;
+      const int64_t lo = std::max<int64_t>(k0, first) - first, hi = std::min<int64_t>(k1, first + n_read[i]) - first;
       if (lo >= hi) continue;
       const int64_t base = ((b * kvH + g) * ks.S) * D;
       const int64_t* kp = ks.kpos + (ks.kpos_shared ? 0 : b * ks.S);
@@ -160,9 +161,23 @@ int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, 
 void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t kvH, const int64_t* qpd,
             const KeySource* src, int n_src, int64_t window, double scale, double softcap, bool causal, float* od,
             bool out_bthd = false) {
-  const int64_t rep = H / kvH;
-  int64_t S_total = 0;
-  for (int i = 0; i < n_src; ++i) S_total += src[i].S;
+  const int64_t rep = H / kvH;  // (n_src is 1 or 2)
+  // Each source is read up to its last slot that may be visible (a position >= 0 and below kpos_end):
+  // a cache filled this far, a ring not yet wrapped. The chunks then split only keys that count.
+  int64_t S_total = 0, n_read[2] = {0, 0};
+  for (int i = 0; i < n_src; ++i) {
+    const KeySource& ks = src[i];
+    for (int64_t b = 0; b < (ks.kpos_shared ? 1 : B); ++b) {
+      const int64_t* kp = ks.kpos + b * ks.S;
+      for (int64_t s = ks.S - 1; s >= n_read[i]; --s) {
+        if (kp[s] >= 0 && kp[s] < ks.kpos_end) {
+          n_read[i] = s + 1;
+          break;
+        }
+      }
+    }
+    S_total += n_read[i];
+  }
   const int64_t rows = B * kvH * T;
   const int64_t C = rows >= 16 ? 1 : std::max<int64_t>(1, std::min<int64_t>(16, S_total / 64));
   const int64_t span = (S_total + C - 1) / C;
@@ -179,8 +194,8 @@ void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t
       float* p = part.data() + item * rep * (D + 2);
       const int64_t k0 = c * span, k1 = std::min(S_total, k0 + span);
       // (a chunk past the end, or with no visible key, counts 0 and the merge skips it)
-      vis[item] = k0 < k1 ? attend_chunk(qv.data(), rep, D, b, g, kvH, qpd[t], src, n_src, k0, k1, window, scale,
-                                         softcap, causal, score.data(), row.data(), p, p + rep, p + 2 * rep)
+      vis[item] = k0 < k1 ? attend_chunk(qv.data(), rep, D, b, g, kvH, qpd[t], src, n_read, n_src, k0, k1, window,
+                                         scale, softcap, causal, score.data(), row.data(), p, p + rep, p + 2 * rep)
                           : 0;
     }
   });
@@ -203,7 +218,9 @@ void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t
               for (int64_t d = 0; d < D; ++d) o[d] += vv[d];
             }
           }
-          for (int64_t d = 0; d < D; ++d) o[d] /= static_cast<float>(S_total);
+          int64_t S_all = 0;
+          for (int i = 0; i < n_src; ++i) S_all += src[i].S;
+          for (int64_t d = 0; d < D; ++d) o[d] /= static_cast<float>(S_all);
           continue;
         }
         float mx = -std::numeric_limits<float>::infinity();
@@ -815,7 +832,8 @@ inline void rows_dot_q4_q8_avx512(const uint8_t* w, const uint16_t* sc, const Qu
     const __mmask16 km = static_cast<__mmask16>((1u << ng) - 1);
     const __m512 sx = _mm512_maskz_loadu_ps(km, x.sx.data() + g0);
     __m512 f[R];
-    for (int r = 0; r < R; ++r) f[r] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, sc + r * G + g0)), sx);
+    for (int r = 0; r < R; ++r)
+      f[r] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, sc + r * G + g0)), sx);
     __m512i idx = lane_group;
     for (int64_t p = g0 / 2; p < (g0 + ng) / 2; ++p) {
       const __m512i xv = _mm512_loadu_si512(q + p * 64), n8 = _mm512_loadu_si512(n8q + p * 16);
@@ -876,9 +894,11 @@ Tensor& table_head_a8_out(KernelRuntimeContext& ctx, const Tensor& x, const Tens
     executorch::extension::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
       int64_t n = begin;
       for (; n + 4 <= end; n += 4)
-        for (int64_t m = 0; m < M; ++m) rows_dot_q4_q8_avx512<4>(wd + n * row_bytes, sd + n * G, xq[m], G, od + m * N + n);
+        for (int64_t m = 0; m < M; ++m)
+          rows_dot_q4_q8_avx512<4>(wd + n * row_bytes, sd + n * G, xq[m], G, od + m * N + n);
       for (; n < end; ++n)
-        for (int64_t m = 0; m < M; ++m) rows_dot_q4_q8_avx512<1>(wd + n * row_bytes, sd + n * G, xq[m], G, od + m * N + n);
+        for (int64_t m = 0; m < M; ++m)
+          rows_dot_q4_q8_avx512<1>(wd + n * row_bytes, sd + n * G, xq[m], G, od + m * N + n);
     });
     return out;
   }
