@@ -162,7 +162,7 @@ class AttentionCore:
 
 class OpAttentionCore(AttentionCore):
     """The same attention through ``torch.ops.gemma_edge``. A causal layer with a cache takes one
-    ``cached_attention`` (q/k norm, RoPE, attention over cache and chunk, the rows to write); without
+    ``rope_cache_attention`` (q/k norm, RoPE, attention over cache and chunk, the rows to write); without
     a cache (an encoder, a cacheless call) ``sliding_window_attention`` over the chunk."""
 
     def extend_context(self, ctx: AttnContext, inv_freq: torch.Tensor) -> None:
@@ -175,9 +175,9 @@ class OpAttentionCore(AttentionCore):
         if layer.window:
             (slots, src), held = ctx.ring_write, ctx.ring_pos
         else:
-            slots, src, held = ctx.pos, ctx.cache_src, ctx.k_pos  # slot = position (cached_attention skips stale)
+            slots, src, held = ctx.pos, ctx.cache_src, ctx.k_pos  # slot = position (rope_cache_attention skips stale)
         no_norm = q.new_empty(0)
-        out, k_rows, v_rows = torch.ops.gemma_edge.cached_attention(
+        out, k_rows, v_rows = torch.ops.gemma_edge.rope_cache_attention(
             q, k, v, layer.q_norm.weight if layer.q_norm is not None else no_norm,
             layer.k_norm.weight if layer.k_norm is not None else no_norm, ctx.cos, ctx.sin, cache[0], cache[1],
             ctx.pos, held, src, layer.window, layer.scale, layer.softcap,

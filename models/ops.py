@@ -6,7 +6,7 @@
 * ``gemma_edge::ring_attention`` - the same causal attention over a local layer's ring and the
   current chunk given apart (no concatenation), also handing back the chunk rows the ring write
   takes.
-* ``gemma_edge::cached_attention`` - a causal layer's whole attention step after its projections:
+* ``gemma_edge::rope_cache_attention`` - a causal layer's whole attention step after its projections:
   the per-head q/k RMSNorm (Gemma 3) and RoPE of the chunk, attention over (cache before the chunk,
   chunk) as ``ring_attention``, and the rotated chunk rows the cache write takes. One op instead of
   the dozens of small ones that norms and rotate-half lower to (ExecuTorch's decode path).
@@ -32,7 +32,7 @@ __all__ = [
     "rg_lru_closed_form",
     "sliding_window_attention",
     "ring_attention",
-    "cached_attention",
+    "rope_cache_attention",
     "rg_lru",
 ]
 
@@ -206,8 +206,8 @@ def _(q, k, v, k_ring, v_ring, q_pos, ring_pos, src, window, scale, softcap):
     return torch.empty_like(q), torch.empty_like(k, dtype=k_ring.dtype), torch.empty_like(v, dtype=v_ring.dtype)
 
 
-@torch.library.custom_op("gemma_edge::cached_attention", mutates_args=())
-def cached_attention(
+@torch.library.custom_op("gemma_edge::rope_cache_attention", mutates_args=())
+def rope_cache_attention(
     q: torch.Tensor,  # (B, T, H * D): the chunk's projected queries, before norm and RoPE
     k: torch.Tensor,  # (B, T, kvH * D)
     v: torch.Tensor,  # (B, T, kvH * D)
@@ -240,7 +240,7 @@ def cached_attention(
     return out.transpose(1, 2).reshape(B, T, -1), k_rows, v_rows
 
 
-@cached_attention.register_fake
+@rope_cache_attention.register_fake
 def _(q, k, v, q_norm, k_norm, cos, sin, k_cache, v_cache, q_pos, cache_pos, src, window, scale, softcap, eps):
     B, T, _ = q.shape
     rows = k_cache.new_empty(B, k_cache.shape[1], T, k_cache.shape[3])

@@ -20,7 +20,7 @@ _lib.define(
     "Tensor(c!) v_rows) -> (Tensor(a!), Tensor(b!), Tensor(c!))"
 )
 _lib.define(
-    "cached_attention.out(Tensor q, Tensor k, Tensor v, Tensor q_norm, Tensor k_norm, Tensor cos, Tensor sin, "
+    "rope_cache_attention.out(Tensor q, Tensor k, Tensor v, Tensor q_norm, Tensor k_norm, Tensor cos, Tensor sin, "
     "Tensor k_cache, Tensor v_cache, Tensor q_pos, Tensor cache_pos, Tensor src, SymInt window, float scale, "
     "float softcap, float eps, *, Tensor(a!) out, Tensor(b!) k_rows, Tensor(c!) v_rows) "
     "-> (Tensor(a!), Tensor(b!), Tensor(c!))"
@@ -44,10 +44,10 @@ def _ring_attention_out(q, k, v, k_ring, v_ring, q_pos, ring_pos, src, window, s
     return out, k_rows, v_rows
 
 
-def _cached_attention_out(q, k, v, q_norm, k_norm, cos, sin, k_cache, v_cache, q_pos, cache_pos, src, window, scale,
-                          softcap, eps, *, out, k_rows, v_rows):  # fmt: skip
-    res = torch.ops.gemma_edge.cached_attention(q, k, v, q_norm, k_norm, cos, sin, k_cache, v_cache, q_pos, cache_pos,
-                                                src, window, scale, softcap, eps)  # fmt: skip
+def _rope_cache_attention_out(q, k, v, q_norm, k_norm, cos, sin, k_cache, v_cache, q_pos, cache_pos, src, window,
+                              scale, softcap, eps, *, out, k_rows, v_rows):  # fmt: skip
+    res = torch.ops.gemma_edge.rope_cache_attention(q, k, v, q_norm, k_norm, cos, sin, k_cache, v_cache, q_pos,
+                                                    cache_pos, src, window, scale, softcap, eps)  # fmt: skip
     for t, r in zip((out, k_rows, v_rows), res):
         t.resize_(r.shape).copy_(r)
     return out, k_rows, v_rows
@@ -63,5 +63,5 @@ def _rg_lru_out(x, gxw, gxb, gaw, gab, a_param, pos, h0, c, *, y, h):
 for _key in ("CompositeExplicitAutograd", "Meta"):
     _lib.impl("sliding_window_attention.out", _attention_out, _key)
     _lib.impl("ring_attention.out", _ring_attention_out, _key)
-    _lib.impl("cached_attention.out", _cached_attention_out, _key)
+    _lib.impl("rope_cache_attention.out", _rope_cache_attention_out, _key)
     _lib.impl("rg_lru.out", _rg_lru_out, _key)

@@ -73,7 +73,7 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True,
     _swap_norms(model)
     if ops != "fused":
         # One XNNPACK linear for q/k/v and one for gate/up. Fused, they stay apart: the split after a
-        # fused linear is a portable op between two delegate calls, and cached_attention takes q, k, v.
+        # fused linear is a portable op between two delegate calls, and rope_cache_attention takes q, k, v.
         fuse_projections(model)
     shared = ops == "fused" and model.config.causal and getattr(model, "lm_head", 1) is None
     if recipe.embedding_bits is not None and not shared:

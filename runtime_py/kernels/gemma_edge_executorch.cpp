@@ -361,7 +361,7 @@ void norm_rope_row(const float* x, int64_t D, const float* w, float eps, const f
 // position >= q_pos[0] is stale: the chunk's own rows stand for it); src (T,)
 // -> out (B, T, H*D); k_rows/v_rows (B, kvH, T, D) in the caches' type: the chunk's normed, rotated
 // k rows and its v rows at src, which the program then writes into the cache.
-void cached_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+void rope_cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                           const Tensor& q_norm, const Tensor& k_norm, const Tensor& cos, const Tensor& sin,
                           const Tensor& k_cache, const Tensor& v_cache, const Tensor& q_pos, const Tensor& cache_pos,
                           const Tensor& src_rows, int64_t window, double scale, double softcap, double eps,
@@ -373,16 +373,16 @@ void cached_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tens
                                k_norm.scalar_type() == ScalarType::Float && v_cache.scalar_type() == cache_t &&
                                (cache_t == ScalarType::Float || cache_t == ScalarType::Half) &&
                                k_rows.scalar_type() == cache_t && v_rows.scalar_type() == cache_t, InvalidArgument, ,
-                      "gemma_edge::cached_attention: fp32 q/k/v/norms/tables, caches and rows both fp32 or both "
+                      "gemma_edge::rope_cache_attention: fp32 q/k/v/norms/tables, caches and rows both fp32 or both "
                       "fp16 expected");
   ET_KERNEL_CHECK_MSG(ctx, q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && k_cache.dim() == 4 &&
                                v_cache.dim() == 4 && cos.dim() == 2 && sin.dim() == 2 && cache_pos.dim() == 2 &&
                                src_rows.dim() == 1 && q_norm.dim() == 1 && k_norm.dim() == 1, InvalidArgument, ,
-                      "gemma_edge::cached_attention: q/k/v 3-D, caches 4-D, tables and cache_pos 2-D, src and "
+                      "gemma_edge::rope_cache_attention: q/k/v 3-D, caches 4-D, tables and cache_pos 2-D, src and "
                       "norms 1-D expected");
   ET_KERNEL_CHECK_MSG(ctx, q_pos.scalar_type() == ScalarType::Long && cache_pos.scalar_type() == ScalarType::Long &&
                                src_rows.scalar_type() == ScalarType::Long, InvalidArgument, ,
-                      "gemma_edge::cached_attention: int64 positions and rows expected");
+                      "gemma_edge::rope_cache_attention: int64 positions and rows expected");
   const int64_t B = q.size(0), T = q.size(1), D = k_cache.size(3), kvH = k_cache.size(1), S = k_cache.size(2);
   const int64_t H = D > 0 ? q.size(2) / D : 0, rot = cos.size(1);
   const bool norm = q_norm.numel() > 0;
@@ -394,7 +394,7 @@ void cached_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tens
                                rot <= D && cache_pos.size(0) == B && cache_pos.size(1) == S && src_rows.size(0) == T &&
                                q_pos.size(0) == T && (norm ? q_norm.size(0) == D && k_norm.size(0) == D
                                                            : k_norm.numel() == 0), InvalidArgument, ,
-                      "gemma_edge::cached_attention: shape mismatch");
+                      "gemma_edge::rope_cache_attention: shape mismatch");
   ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok, InvalidArgument, );
   const executorch::aten::SizesType rows_shape[4] = {static_cast<executorch::aten::SizesType>(B),
       static_cast<executorch::aten::SizesType>(kvH), static_cast<executorch::aten::SizesType>(T),
@@ -404,7 +404,7 @@ void cached_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tens
   const int64_t* rows = src_rows.const_data_ptr<int64_t>();
   for (int64_t j = 0; j < T; ++j) {
     ET_KERNEL_CHECK_MSG(ctx, rows[j] >= 0 && rows[j] < T, InvalidArgument, ,
-                        "gemma_edge::cached_attention: src[%" PRId64 "] = %" PRId64 " is not a chunk row (0..%" PRId64
+                        "gemma_edge::rope_cache_attention: src[%" PRId64 "] = %" PRId64 " is not a chunk row (0..%" PRId64
                         ")", j, rows[j], T - 1);
   }
   // The chunk's heads normed and rotated into (B, heads, T, D), the layout attend reads.
@@ -950,19 +950,19 @@ void ring_attention_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
 const auto ring_attention_registration = executorch::runtime::register_kernel(
     executorch::runtime::Kernel("gemma_edge::ring_attention.out", ring_attention_out_boxed));
 
-// cached_attention.out: 16 inputs, then out, k_rows, v_rows, then the aggregate return (ignored).
-void cached_attention_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
-  ET_KERNEL_CHECK_MSG(ctx, stack.size() == 20, InvalidProgram, , "gemma_edge::cached_attention.out: expected 20 "
+// rope_cache_attention.out: 16 inputs, then out, k_rows, v_rows, then the aggregate return (ignored).
+void rope_cache_attention_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  ET_KERNEL_CHECK_MSG(ctx, stack.size() == 20, InvalidProgram, , "gemma_edge::rope_cache_attention.out: expected 20 "
                       "stack entries, got %zu", static_cast<size_t>(stack.size()));
-  cached_attention_out(ctx, stack[0]->toTensor(), stack[1]->toTensor(), stack[2]->toTensor(), stack[3]->toTensor(),
+  rope_cache_attention_out(ctx, stack[0]->toTensor(), stack[1]->toTensor(), stack[2]->toTensor(), stack[3]->toTensor(),
                        stack[4]->toTensor(), stack[5]->toTensor(), stack[6]->toTensor(), stack[7]->toTensor(),
                        stack[8]->toTensor(), stack[9]->toTensor(), stack[10]->toTensor(), stack[11]->toTensor(),
                        stack[12]->toInt(), stack[13]->toDouble(), stack[14]->toDouble(), stack[15]->toDouble(),
                        stack[16]->toTensor(), stack[17]->toTensor(), stack[18]->toTensor());
 }
 
-const auto cached_attention_registration = executorch::runtime::register_kernel(
-    executorch::runtime::Kernel("gemma_edge::cached_attention.out", cached_attention_out_boxed));
+const auto rope_cache_attention_registration = executorch::runtime::register_kernel(
+    executorch::runtime::Kernel("gemma_edge::rope_cache_attention.out", rope_cache_attention_out_boxed));
 
 }  // namespace
 }  // namespace gemma_edge

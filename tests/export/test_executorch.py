@@ -107,7 +107,7 @@ def test_caches_are_written_in_place(artifact, recipe, ops):
     assert calls.count("aten::index_put_") == 2 * len(kinds)  # K and V of every layer
     assert "aten::copy_" not in calls
     if ops == "fused":  # each layer: one kernel reads its cache in place (no concatenation with the chunk)
-        assert calls.count("gemma_edge::cached_attention") == len(kinds)
+        assert calls.count("gemma_edge::rope_cache_attention") == len(kinds)
 
 
 def test_fp16_kv_cache_halves_the_state_and_verifies(artifact, tmp_path):

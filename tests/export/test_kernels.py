@@ -148,19 +148,19 @@ def test_attention_kernels_read_fp16_caches(tmp_path, D):
     assert torch.equal(v_rows, cv[:, :, src].half())  # values ~100: rounding, not truncation, decides bits
 
 
-class _Cached(torch.nn.Module):
+class _RopeCache(torch.nn.Module):
     def __init__(self, window, softcap, eps):
         super().__init__()
         self.window, self.softcap, self.eps = window, softcap, eps
 
     def forward(self, q, k, v, qn, kn, cos, sin, kc, vc, q_pos, cache_pos, src):
-        return torch.ops.gemma_edge.cached_attention(q, k, v, qn, kn, cos, sin, kc, vc, q_pos, cache_pos, src,
+        return torch.ops.gemma_edge.rope_cache_attention(q, k, v, qn, kn, cos, sin, kc, vc, q_pos, cache_pos, src,
                                                      self.window, 0.25, self.softcap, self.eps)  # fmt: skip
 
 
 @pytest.mark.parametrize("window, softcap, norm, half, rot", [(8, 3.0, True, False, 16), (0, 0.0, True, True, 16),
                                                               (8, 0.0, False, True, 8), (0, 3.0, False, False, 12)])
-def test_cached_attention_kernel_matches_reference(tmp_path, window, softcap, norm, half, rot):
+def test_rope_cache_attention_kernel_matches_reference(tmp_path, window, softcap, norm, half, rot):
     """The whole step of a cached layer in one kernel: per-head q/k RMSNorm (or none, as Gemma 2),
     RoPE of the first ``rot`` channels, attention over (cache before the chunk, chunk) of a ring
     (window) or a global cache, the output in (B, T, H * D) and the rotated rows for the cache write,
@@ -189,9 +189,9 @@ def test_cached_attention_kernel_matches_reference(tmp_path, window, softcap, no
     T = Dim("T", min=1, max=16)
     dyn = ({1: T}, {1: T}, {1: T}, None, None, {0: T}, {0: T}, None, None, {0: T}, None, {0: T})
     cases = [inputs(0, 5), inputs(3, 1), inputs(13, 1), inputs(20, 12), inputs(9, 16)]
-    outs = _run_pte(_Cached(window, softcap, 1e-6), inputs(4, 3), dyn, tmp_path, cases)
+    outs = _run_pte(_RopeCache(window, softcap, 1e-6), inputs(4, 3), dyn, tmp_path, cases)
     for args, (out, k_rows, v_rows) in zip(cases, outs):
-        ref, ref_k, ref_v = ops.cached_attention(*args, window, 0.25, softcap, 1e-6)
+        ref, ref_k, ref_v = ops.rope_cache_attention(*args, window, 0.25, softcap, 1e-6)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         assert k_rows.dtype == ref_k.dtype == args[7].dtype
         # the rotated rows differ from torch's by fp32 rounding at most (one ulp before an fp16 rounding)

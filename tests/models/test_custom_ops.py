@@ -137,8 +137,8 @@ def test_torch_export_causal_with_custom_ops(preset, T):
     model = models.use_custom_ops(models.build(preset, seed=0))
     args = (torch.randint(0, 512, (1, T), generator=G), torch.arange(9, 9 + T), model.init_state(1, 32))
     targets = _export_and_compare(model, args)
-    kinds = set(models.get_preset(preset).layer_kinds)  # every cached attention layer: one cached_attention
-    assert ("gemma_edge.cached_attention.default" in targets) == bool(kinds & {"local", "global"})
+    kinds = set(models.get_preset(preset).layer_kinds)  # every cached attention layer: one rope_cache_attention
+    assert ("gemma_edge.rope_cache_attention.default" in targets) == bool(kinds & {"local", "global"})
     assert not targets & {"gemma_edge.ring_attention.default", "gemma_edge.sliding_window_attention.default"}
     assert ("gemma_edge.rg_lru.default" in targets) == (preset == "tiny-recurrentgemma")
 
