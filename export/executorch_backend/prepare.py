@@ -71,9 +71,10 @@ def prepare(model: nn.Module, recipe: Recipe, ops: str, copy_model: bool = True,
     through the custom ops if fused, with XNNPACK-friendly norms."""
     model = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     _swap_norms(model)
-    if ops != "fused":
-        # One XNNPACK linear for q/k/v and one for gate/up. Fused, they stay apart: the split after a
-        # fused linear is a portable op between two delegate calls, and rope_cache_attention takes q, k, v.
+    if ops != "fused" or (recipe.weight_bits == 4 and not recipe.dynamic_activations):
+        # One linear for q/k/v and one for gate/up. Fused ops with XNNPACK's linears keep them apart:
+        # the split after a fused linear would be a portable op between two delegate calls. Our
+        # kernel's int4 linears are operator calls anyway, and fewer of them is better.
         fuse_projections(model)
     shared = ops == "fused" and model.config.causal and getattr(model, "lm_head", 1) is None
     if recipe.embedding_bits is not None and not shared:
