@@ -812,54 +812,43 @@ inline float row_dot_q4_q8(const uint8_t* w, const uint16_t* sc, const QuantRow&
 }
 
 #if defined(GEMMA_EDGE_A8_AVX512)
-// R consecutive outputs of the AVX-512 path (gs == 32): per 16 groups, each row's fp16 scales times
-// s_x as one vector; per pair of groups, x's quantized values are loaded once for the R rows, and each
-// row takes one VNNI dot and one FMA against its scales spread over the pair's lanes. R independent
-// accumulators keep the FMA latency off the row stream (one row alone read ~24 GB/s inside a decode
-// step on 2 cores of a Zen 4 EPYC, 4 at a time ~28; llama.cpp's 8-row interleaved Q4_0 GEMV ~33).
-// The hardware prefetcher keeps up with the rows, so there is no software prefetch.
-template <int R>
-inline void rows_dot_q4_q8_avx512(const uint8_t* w, const uint16_t* sc, const QuantRow& x, int64_t G, float* out) {
-  const int64_t paired = G / 2 * 2, row_bytes = G * 16;
+// One output of the AVX-512 path (gs == 32): per 16 groups, the row's fp16 scales times s_x as one
+// vector; per pair, one VNNI dot and one FMA against those scales spread over the pair's lanes. The
+// hardware prefetcher keeps up with the row stream here (~25 GB/s on 2 cores of a Zen 4 EPYC, the
+// bandwidth a streaming read gets), so there is no software prefetch.
+inline float row_dot_q4_q8_avx512(const uint8_t* w, const uint16_t* sc, const QuantRow& x, int64_t G) {
+  const int64_t paired = G / 2 * 2;
   const __m512i m0f = _mm512_set1_epi8(0x0f);
   const __m512i lane_group = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
   const int8_t* q = x.q.data();
   const int32_t* n8q = x.n8q.data();
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  __m512 acc = _mm512_setzero_ps();
   for (int64_t g0 = 0; g0 < paired; g0 += 16) {
     const int64_t ng = std::min<int64_t>(16, paired - g0);
     const __mmask16 km = static_cast<__mmask16>((1u << ng) - 1);
-    const __m512 sx = _mm512_maskz_loadu_ps(km, x.sx.data() + g0);
-    __m512 f[R];
-    for (int r = 0; r < R; ++r)
-      f[r] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, sc + r * G + g0)), sx);
+    const __m512 f = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, sc + g0)),
+                                   _mm512_maskz_loadu_ps(km, x.sx.data() + g0));
     __m512i idx = lane_group;
     for (int64_t p = g0 / 2; p < (g0 + ng) / 2; ++p) {
-      const __m512i xv = _mm512_loadu_si512(q + p * 64), n8 = _mm512_loadu_si512(n8q + p * 16);
-      for (int r = 0; r < R; ++r) {
-        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * row_bytes + p * 32));
-        const __m512i c =
-            _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(b, 4)), b, 1), m0f);
-        const __m512i d = _mm512_dpbusd_epi32(n8, c, xv);
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(idx, f[r]), acc[r]);
-      }
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + p * 32));
+      const __m512i c =
+          _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(b, 4)), b, 1), m0f);
+      const __m512i d = _mm512_dpbusd_epi32(_mm512_loadu_si512(n8q + p * 16), c, _mm512_loadu_si512(q + p * 64));
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(idx, f), acc);
       idx = _mm512_add_epi32(idx, _mm512_set1_epi32(2));
     }
   }
-  for (int r = 0; r < R; ++r) {
-    float o = _mm512_reduce_add_ps(acc[r]);
-    if (paired < G) {  // the last group, unpaired: one 256-bit block, codes in 0..15, less 8 * sum(q)
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + r * row_bytes + paired * 16));
-      const __m128i m = _mm_set1_epi8(0x0f);
-      const __m256i c = _mm256_set_m128i(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
-      const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c,
-                                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + paired * 32)));
-      const float fg = half_to_float(sc[r * G + paired]) * x.sx[paired];
-      o += fg * static_cast<float>(_mm512_reduce_add_epi32(_mm512_zextsi256_si512(d))) - fg * x.c8[paired];
-    }
-    out[r] = o;
+  float out = _mm512_reduce_add_ps(acc);
+  if (paired < G) {  // the last group, unpaired: one 256-bit block, codes in 0..15, less 8 * sum(q)
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + paired * 16));
+    const __m128i m = _mm_set1_epi8(0x0f);
+    const __m256i c = _mm256_set_m128i(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
+    const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c,
+                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + paired * 32)));
+    const float fg = half_to_float(sc[paired]) * x.sx[paired];
+    out += fg * static_cast<float>(_mm512_reduce_add_epi32(_mm512_zextsi256_si512(d))) - fg * x.c8[paired];
   }
+  return out;
 }
 #endif
 
@@ -892,13 +881,8 @@ Tensor& table_head_a8_out(KernelRuntimeContext& ctx, const Tensor& x, const Tens
 #if defined(GEMMA_EDGE_A8_AVX512)
   if (avx512_q4_q8(gs)) {
     executorch::extension::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
-      int64_t n = begin;
-      for (; n + 4 <= end; n += 4)
-        for (int64_t m = 0; m < M; ++m)
-          rows_dot_q4_q8_avx512<4>(wd + n * row_bytes, sd + n * G, xq[m], G, od + m * N + n);
-      for (; n < end; ++n)
-        for (int64_t m = 0; m < M; ++m)
-          rows_dot_q4_q8_avx512<1>(wd + n * row_bytes, sd + n * G, xq[m], G, od + m * N + n);
+      for (int64_t n = begin; n < end; ++n)
+        for (int64_t m = 0; m < M; ++m) od[m * N + n] = row_dot_q4_q8_avx512(wd + n * row_bytes, sd + n * G, xq[m], G);
     });
     return out;
   }
