@@ -269,6 +269,33 @@ Tensor& sliding_window_attention_out(KernelRuntimeContext& ctx, const Tensor& q,
   return out;
 }
 
+namespace {
+
+// The cache write's rows: k_rows/v_rows[bg, j] = kd/vd[bg, rows[j]] for bg < BG (batch x kv heads),
+// each row D long, in the rows' type (fp16: rounded to nearest even, as torch's .to(float16)).
+void take_rows(const float* kd, const float* vd, const int64_t* rows, int64_t BG, int64_t T, int64_t D,
+               Tensor& k_rows, Tensor& v_rows) {
+  const bool half = k_rows.scalar_type() == ScalarType::Half;
+  for (int64_t bg = 0; bg < BG; ++bg) {
+    for (int64_t j = 0; j < T; ++j) {
+      const int64_t from = (bg * T + rows[j]) * D, to = (bg * T + j) * D;
+      if (half) {
+        executorch::aten::Half* kh = k_rows.mutable_data_ptr<executorch::aten::Half>();
+        executorch::aten::Half* vh = v_rows.mutable_data_ptr<executorch::aten::Half>();
+        for (int64_t d = 0; d < D; ++d) {
+          kh[to + d] = executorch::aten::Half(kd[from + d]);
+          vh[to + d] = executorch::aten::Half(vd[from + d]);
+        }
+      } else {
+        std::copy_n(kd + from, D, k_rows.mutable_data_ptr<float>() + to);
+        std::copy_n(vd + from, D, v_rows.mutable_data_ptr<float>() + to);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 // q (B, H, T, D), chunk k/v (B, kvH, T, D), ring k/v (B, kvH, W, D), q_pos (T,), ring_pos (B, W),
 // src (T,) -> out (B, H, T, D): causal attention over (ring, chunk), read in place; k_rows/v_rows
 // (B, kvH, T, D): the chunk rows at src, which the program then writes into the ring.
@@ -311,24 +338,7 @@ void ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
   };
   attend(q.const_data_ptr<float>(), B, H, T, D, kvH, qpd, src, 2, window, scale, softcap, true,
          out.mutable_data_ptr<float>());
-  const float* kd = k.const_data_ptr<float>();
-  const float* vd = v.const_data_ptr<float>();
-  for (int64_t bg = 0; bg < B * kvH; ++bg) {
-    for (int64_t j = 0; j < T; ++j) {
-      const int64_t from = (bg * T + rows[j]) * D, to = (bg * T + j) * D;
-      if (ring_t == ScalarType::Half) {  // rounded to nearest even, as torch's .to(float16)
-        executorch::aten::Half* kr = k_rows.mutable_data_ptr<executorch::aten::Half>();
-        executorch::aten::Half* vr = v_rows.mutable_data_ptr<executorch::aten::Half>();
-        for (int64_t d = 0; d < D; ++d) {
-          kr[to + d] = executorch::aten::Half(kd[from + d]);
-          vr[to + d] = executorch::aten::Half(vd[from + d]);
-        }
-      } else {
-        std::copy_n(kd + from, D, k_rows.mutable_data_ptr<float>() + to);
-        std::copy_n(vd + from, D, v_rows.mutable_data_ptr<float>() + to);
-      }
-    }
-  }
+  take_rows(k.const_data_ptr<float>(), v.const_data_ptr<float>(), rows, B * kvH, T, D, k_rows, v_rows);
 }
 
 namespace {
@@ -436,22 +446,7 @@ void rope_cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const 
       {kr.data(), vr.data(), qpd, T, true, false},
   };
   attend(qr.data(), B, H, T, D, kvH, qpd, src, 2, window, scale, softcap, true, out.mutable_data_ptr<float>(), true);
-  for (int64_t bg = 0; bg < B * kvH; ++bg) {
-    for (int64_t j = 0; j < T; ++j) {
-      const int64_t from = (bg * T + rows[j]) * D, to = (bg * T + j) * D;
-      if (cache_t == ScalarType::Half) {  // rounded to nearest even, as torch's .to(float16)
-        executorch::aten::Half* kh = k_rows.mutable_data_ptr<executorch::aten::Half>();
-        executorch::aten::Half* vh = v_rows.mutable_data_ptr<executorch::aten::Half>();
-        for (int64_t d = 0; d < D; ++d) {
-          kh[to + d] = executorch::aten::Half(kr[from + d]);
-          vh[to + d] = executorch::aten::Half(vr[from + d]);
-        }
-      } else {
-        std::copy_n(kr.data() + from, D, k_rows.mutable_data_ptr<float>() + to);
-        std::copy_n(vr.data() + from, D, v_rows.mutable_data_ptr<float>() + to);
-      }
-    }
-  }
+  take_rows(kr.data(), vr.data(), rows, B * kvH, T, D, k_rows, v_rows);
 }
 
 // x (B, T, L); gates (H, L/H, L/H) + (H, L/H); a_param (L,); pos (T,); h0 (B, L) -> y (B, T, L), h (B, L)
