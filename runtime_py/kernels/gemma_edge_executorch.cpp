@@ -99,7 +99,8 @@ struct KeySource {
 // Source i is read over its first n_read[i] slots (attend trims the slots past the last visible one).
 int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, int64_t g, int64_t kvH, int64_t qp,
                      const KeySource* src, const int64_t* n_read, int n_src, int64_t k0, int64_t k1, int64_t window,
-                     double scale, double softcap, bool causal, float* score, float* row, float* m, float* l, float* acc) {
+                     double scale, double softcap, bool causal, float* score, float* row, float* m, float* l,
+                     float* acc) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int64_t n = k1 - k0;
   for (int64_t r = 0; r < rep; ++r) m[r] = neg_inf;
@@ -372,10 +373,10 @@ void norm_rope_row(const float* x, int64_t D, const float* w, float eps, const f
 // -> out (B, T, H*D); k_rows/v_rows (B, kvH, T, D) in the caches' type: the chunk's normed, rotated
 // k rows and its v rows at src, which the program then writes into the cache.
 void rope_cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
-                          const Tensor& q_norm, const Tensor& k_norm, const Tensor& cos, const Tensor& sin,
-                          const Tensor& k_cache, const Tensor& v_cache, const Tensor& q_pos, const Tensor& cache_pos,
-                          const Tensor& src_rows, int64_t window, double scale, double softcap, double eps,
-                          Tensor& out, Tensor& k_rows, Tensor& v_rows) {
+                              const Tensor& q_norm, const Tensor& k_norm, const Tensor& cos, const Tensor& sin,
+                              const Tensor& k_cache, const Tensor& v_cache, const Tensor& q_pos,
+                              const Tensor& cache_pos, const Tensor& src_rows, int64_t window, double scale,
+                              double softcap, double eps, Tensor& out, Tensor& k_rows, Tensor& v_rows) {
   const ScalarType cache_t = k_cache.scalar_type();
   ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == ScalarType::Float &&
                                v.scalar_type() == ScalarType::Float && cos.scalar_type() == ScalarType::Float &&
@@ -414,8 +415,8 @@ void rope_cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const 
   const int64_t* rows = src_rows.const_data_ptr<int64_t>();
   for (int64_t j = 0; j < T; ++j) {
     ET_KERNEL_CHECK_MSG(ctx, rows[j] >= 0 && rows[j] < T, InvalidArgument, ,
-                        "gemma_edge::rope_cache_attention: src[%" PRId64 "] = %" PRId64 " is not a chunk row (0..%" PRId64
-                        ")", j, rows[j], T - 1);
+                        "gemma_edge::rope_cache_attention: src[%" PRId64 "] = %" PRId64
+                        " is not a chunk row (0..%" PRId64 ")", j, rows[j], T - 1);
   }
   // The chunk's heads normed and rotated into (B, heads, T, D), the layout attend reads.
   std::vector<float> qr(B * H * T * D), kr(B * kvH * T * D), vr(B * kvH * T * D);
@@ -931,13 +932,14 @@ const auto ring_attention_registration = executorch::runtime::register_kernel(
 
 // rope_cache_attention.out: 16 inputs, then out, k_rows, v_rows, then the aggregate return (ignored).
 void rope_cache_attention_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
-  ET_KERNEL_CHECK_MSG(ctx, stack.size() == 20, InvalidProgram, , "gemma_edge::rope_cache_attention.out: expected 20 "
-                      "stack entries, got %zu", static_cast<size_t>(stack.size()));
-  rope_cache_attention_out(ctx, stack[0]->toTensor(), stack[1]->toTensor(), stack[2]->toTensor(), stack[3]->toTensor(),
-                       stack[4]->toTensor(), stack[5]->toTensor(), stack[6]->toTensor(), stack[7]->toTensor(),
-                       stack[8]->toTensor(), stack[9]->toTensor(), stack[10]->toTensor(), stack[11]->toTensor(),
-                       stack[12]->toInt(), stack[13]->toDouble(), stack[14]->toDouble(), stack[15]->toDouble(),
-                       stack[16]->toTensor(), stack[17]->toTensor(), stack[18]->toTensor());
+  ET_KERNEL_CHECK_MSG(ctx, stack.size() == 20, InvalidProgram, ,
+                      "gemma_edge::rope_cache_attention.out: expected 20 stack entries, got %zu",
+                      static_cast<size_t>(stack.size()));
+  rope_cache_attention_out(
+      ctx, stack[0]->toTensor(), stack[1]->toTensor(), stack[2]->toTensor(), stack[3]->toTensor(), stack[4]->toTensor(),
+      stack[5]->toTensor(), stack[6]->toTensor(), stack[7]->toTensor(), stack[8]->toTensor(), stack[9]->toTensor(),
+      stack[10]->toTensor(), stack[11]->toTensor(), stack[12]->toInt(), stack[13]->toDouble(), stack[14]->toDouble(),
+      stack[15]->toDouble(), stack[16]->toTensor(), stack[17]->toTensor(), stack[18]->toTensor());
 }
 
 const auto rope_cache_attention_registration = executorch::runtime::register_kernel(
