@@ -9,7 +9,7 @@
 * ``gemma_edge::rope_cache_attention`` - a causal layer's whole attention step after its projections:
   the per-head q/k RMSNorm (Gemma 3) and RoPE of the chunk, attention over (cache before the chunk,
   chunk) as ``ring_attention``, and the rotated chunk rows the cache write takes. One op instead of
-  the dozens of small ones that norms and rotate-half lower to (ExecuTorch's decode path).
+  the dozens of small ones that norms and rotate-half otherwise lower to.
 * ``gemma_edge::rg_lru`` - the RG-LRU scan of Griffin (REFERENCE §2b) with the hidden state in and
   out.
 
