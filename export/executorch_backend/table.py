@@ -22,6 +22,13 @@ quantizes what meets a Q4_0 weight) and each group's dot product is exact in int
 reads 4-bit codes with integer multiply-adds instead of widening them to fp32. The eager module
 computes the same quantized activations against the dequantized table.
 
+With groups of 32 and a row count divisible by 8, that 4-bit table is stored in tiles of 8 rows
+(``tile_rows``: per tile and group, the 8 rows' codes one after another, scales likewise), read by
+``gemma_edge::tile8_head_a8`` and ``gemma_edge::tile8_lookup`` (runtime_py/kernels/tile8_head.cpp): a
+decode step then streams the table as one sequential read of codes and one of scales, with one
+VNNI dot covering four rows, where the row-major layout costs a reduction and two streams per row.
+The values are the same codes and scales, so the arithmetic is table_head_a8's.
+
 The same kernel is the weight-only int4 linear of the ``int4`` recipe (``KernelLinear``): XNNPACK
 has no blockwise int4 linear with fp32 activations (its 8da4w quantizes each token's activations to
 int8, which costs the real Gemma 3 270M ~0.015-0.020 KL over the same codes in fp32).
@@ -34,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "dequantize", "quantize_groups", "pack_table", "TableLookup", "TableHead", "share_table", "KernelLinear",
+    "dequantize", "quantize_groups", "pack_table", "tile_rows", "untile_rows", "TableLookup", "TableHead", "share_table", "KernelLinear",
     "kernel_linears",
 ]
 
@@ -70,6 +77,47 @@ def _(x, weight, scales):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+TILE = 8  # rows per tile of the tiled 4-bit table
+
+
+def tile_rows(weight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed 4-bit table (N, K/2) uint8 with (N, G) scales in tiles of 8 rows: (N/8, G, 8 * gs/2)
+    codes and (N/8, G, 8) scales, per tile and group the 8 rows one after another."""
+    N, G = scales.shape
+    if N % TILE:
+        raise ValueError(f"a tiled table needs a multiple of {TILE} rows, not {N}")
+    w = weight.reshape(N // TILE, TILE, G, -1).transpose(1, 2).reshape(N // TILE, G, -1)
+    return w.contiguous(), scales.reshape(N // TILE, TILE, G).transpose(1, 2).contiguous()
+
+
+def untile_rows(weight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``tile_rows``'s inverse: the row-major (N, K/2) codes and (N, G) scales."""
+    T, G, _ = scales.shape
+    w = weight.reshape(T, G, TILE, -1).transpose(1, 2).reshape(T * TILE, -1)
+    return w, scales.transpose(1, 2).reshape(T * TILE, G)
+
+
+@torch.library.custom_op("gemma_edge::tile8_head_a8", mutates_args=())
+def tile8_head_a8(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return table_head_a8(x, *untile_rows(weight, scales))
+
+
+@tile8_head_a8.register_fake
+def _(x, weight, scales):
+    return x.new_empty((*x.shape[:-1], weight.shape[0] * TILE))
+
+
+@torch.library.custom_op("gemma_edge::tile8_lookup", mutates_args=())
+def tile8_lookup(weight: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return F.embedding(ids, dequantize(*untile_rows(weight, scales), 4))
+
+
+@tile8_lookup.register_fake
+def _(weight, scales, ids):
+    return torch.empty((*ids.shape, weight.shape[1] * weight.shape[2] // TILE * 2), dtype=torch.float32,
+                       device=ids.device)
+
+
 @torch.library.custom_op("gemma_edge::table_head", mutates_args=())
 def table_head(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
     return F.linear(x, dequantize(weight, scales, bits))
@@ -99,9 +147,29 @@ def _table_head_a8_out(x, weight, scales, *, out):
     return out
 
 
+_lib.define("tile8_head_a8.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out) -> Tensor(a!)")
+
+
+def _tile8_head_a8_out(x, weight, scales, *, out):
+    res = torch.ops.gemma_edge.tile8_head_a8(x, weight, scales)
+    out.resize_(res.shape).copy_(res)
+    return out
+
+
+_lib.define("tile8_lookup.out(Tensor weight, Tensor scales, Tensor ids, *, Tensor(a!) out) -> Tensor(a!)")
+
+
+def _tile8_lookup_out(weight, scales, ids, *, out):
+    res = torch.ops.gemma_edge.tile8_lookup(weight, scales, ids)
+    out.resize_(res.shape).copy_(res)
+    return out
+
+
 for _key in ("CompositeExplicitAutograd", "Meta"):
     _lib.impl("table_head.out", _table_head_out, _key)
     _lib.impl("table_head_a8.out", _table_head_a8_out, _key)
+    _lib.impl("tile8_head_a8.out", _tile8_head_a8_out, _key)
+    _lib.impl("tile8_lookup.out", _tile8_lookup_out, _key)
 
 
 def pack_table(w: torch.Tensor, bits: int, group_size: int, scales: torch.Tensor | None = None):
@@ -133,9 +201,11 @@ def pack_table(w: torch.Tensor, bits: int, group_size: int, scales: torch.Tensor
 class _Table(nn.Module):
     """The stored table: ``weight`` and ``scales`` buffers (or the fp32 table's parameter)."""
 
-    def __init__(self, weight: torch.Tensor, scales: torch.Tensor | None, bits: int) -> None:
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor | None, bits: int, tiled: bool = False) -> None:
         super().__init__()
-        self.bits = bits
+        self.bits, self.tiled = bits, tiled
+        if tiled:  # a 4-bit table in tiles of 8 rows (tile_rows)
+            weight, scales = tile_rows(weight, scales)
         if bits == 32:
             self.weight = weight  # the embedding's own parameter
             self.register_buffer("scales", torch.zeros(0, dtype=torch.float16))
@@ -146,7 +216,8 @@ class _Table(nn.Module):
 
     def values(self) -> torch.Tensor:
         if self._values is None:
-            self._values = dequantize(self.weight, self.scales, self.bits)
+            w, s = untile_rows(self.weight, self.scales) if self.tiled else (self.weight, self.scales)
+            self._values = dequantize(w, s, self.bits)
         return self._values
 
 
@@ -161,6 +232,8 @@ class TableLookup(nn.Module):
         t = self.table
         if not torch.compiler.is_exporting():
             return F.embedding(tokens, t.values())
+        if t.tiled:
+            return torch.ops.gemma_edge.tile8_lookup(t.weight, t.scales, tokens)
         if t.bits == 4:
             return torch.ops.quantized_decomposed.embedding_4bit.dtype(
                 t.weight, t.scales, None, -8, 7, tokens, dtype=torch.float32
@@ -185,7 +258,9 @@ class TableHead(nn.Module):
         t = self.table
         if self.int8_activations:
             if not torch.compiler.is_exporting():
-                return F.linear(quantize_groups(h, h.shape[-1] // t.scales.shape[1]), t.values())
+                return F.linear(quantize_groups(h, h.shape[-1] // t.scales.shape[-2 if t.tiled else 1]), t.values())
+            if t.tiled:
+                return torch.ops.gemma_edge.tile8_head_a8(h, t.weight, t.scales)
             return torch.ops.gemma_edge.table_head_a8(h, t.weight, t.scales)
         if not torch.compiler.is_exporting():
             return F.linear(h, t.values())
@@ -197,7 +272,8 @@ def share_table(
     int8_activations: bool = False,
 ) -> None:
     """Make a tied causal LM's lookup (if ``bits``) and head read one stored table, in place; with
-    ``int8_activations`` a 4-bit table's head meets int8 activations (table_head_a8)."""
+    ``int8_activations`` a 4-bit table's head meets int8 activations (table_head_a8; with groups of 32
+    over a multiple of 8 rows, the table in tiles of 8 rows read by tile8_head_a8 and tile8_lookup)."""
     import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401  (quantized_decomposed ops)
 
     emb = model.backbone.embed
@@ -205,7 +281,8 @@ def share_table(
         table = _Table(emb.weight, None, 32)
     else:
         w, s = pack_table(emb.weight, bits, group_size, scales)
-        table = _Table(w, s, bits)
+        tiled = int8_activations and bits == 4 and group_size == 32 and w.shape[0] % TILE == 0
+        table = _Table(w, s, bits, tiled)
         model.backbone.embed = TableLookup(table)
     model.lm_head = TableHead(table, int8_activations and bits == 4)
 

@@ -16,6 +16,8 @@
 #include <limits>
 #include <vector>
 
+#include "half.h"
+
 namespace gemma_edge {
 
 using executorch::aten::ScalarType;
@@ -38,32 +40,6 @@ inline bool visible(int64_t qp, int64_t kp, int64_t window, bool causal) {
 }  // namespace
 
 namespace {
-
-// IEEE half -> float for a finite or subnormal value (table scales are never inf/NaN: export refuses
-// those; an fp16 KV cache holds what fp16 holds).
-inline float half_to_float(uint16_t h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      uint32_t m = man;
-      do { ++e; m <<= 1; } while ((m & 0x400u) == 0);
-      bits = sign | ((127 - 15 - e) << 23) | ((m & 0x3ffu) << 13);
-    }
-  } else {
-    bits = sign | ((exp + 112) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-#endif
-}
 
 // A key or value row as fp32: an fp32 cache is read in place, an fp16 one converted into `buf` (D).
 inline const float* row_f32(const void* base, bool half, int64_t off, int64_t D, float* buf) {

@@ -282,6 +282,61 @@ def test_table_head_a8_kernel_is_int8_activations_against_the_4bit_table(tmp_pat
         assert np.abs(out[0].double().numpy() - fp).max() > 1e-3 * np.abs(fp).max()
 
 
+class _Tile8HeadA8(_Head):
+    def forward(self, x):
+        return torch.ops.gemma_edge.tile8_head_a8(x, self.weight, self.scales)
+
+
+class _Tile8Lookup(_Head):
+    def forward(self, ids):
+        return torch.ops.gemma_edge.tile8_lookup(self.weight, self.scales, ids)
+
+
+@pytest.mark.parametrize("K, group", [(640, 32), (96, 32), (48, 16)])
+def test_tile8_head_and_lookup_read_the_tiled_table(tmp_path, K, group):
+    """The 4-bit table in tiles of 8 rows: gemma_edge::tile8_head_a8 (AVX-512 VNNI at groups of 32,
+    portable otherwise) is table_head_a8 on the row-major table, here numpy's integer arithmetic on
+    the untiled codes; gemma_edge::tile8_lookup returns the rows ExecuTorch's embedding_4bit reads
+    from the row-major table. tile_rows / untile_rows are inverses."""
+    import numpy as np
+    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401  (quantized_decomposed ops)
+
+    from gemma_edge.export.executorch_backend.table import pack_table, tile_rows, untile_rows
+
+    N = 8 * 45  # 45 tiles: ranges of 32 tiles leave a remainder, and prefetches stop at a range's end
+    w = torch.randn(N, K, generator=G) * torch.rand(N, 1, generator=G)
+    weight, scales = pack_table(w, 4, group)
+    tw, ts = tile_rows(weight, scales)
+    assert tw.shape == (N // 8, K // group, 8 * group // 2) and ts.shape == (N // 8, K // group, 8)
+    assert all(torch.equal(a, b) for a, b in zip(untile_rows(tw, ts), (weight, scales)))
+    assert torch.equal(tw[1, 2, 3 * group // 2 : 4 * group // 2], weight[8 + 3, 2 * group // 2 : 3 * group // 2])
+    wb = weight.numpy()
+    codes = np.stack([wb >> 4, wb & 15], -1).reshape(N, K).astype(np.int64) - 8
+    x0 = torch.randn(1, K, generator=G) * 30
+    x0[0, :group] = 0.0  # an all-zero group
+    cases = [(x0,), (torch.randn(3, K, generator=G),)]
+    outs = _run_pte(_Tile8HeadA8(tw, ts, 4), cases[1], ({0: Dim("M", min=1, max=8)},), tmp_path, cases)
+    for (x,), out in zip(cases, outs):
+        xg = x.numpy().astype(np.float32).reshape(x.shape[0], -1, group)
+        sx = (np.abs(xg).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(sx == 0, 0, np.clip(np.rint(xg / sx), -127, 127)).astype(np.int64)
+        dots = np.einsum("mgi,ngi->mng", q, codes.reshape(N, -1, group))  # exact integers per group
+        ref = (dots * sx[:, None, :, 0].astype(np.float64) * scales.numpy().astype(np.float64)[None]).sum(-1)
+        eager = torch.ops.gemma_edge.tile8_head_a8(x, tw, ts).double().numpy()
+        for got in (out[0].double().numpy(), eager):
+            assert got.shape == (x.shape[0], N)
+            assert np.abs(got - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+
+    ids = torch.tensor([[0, 7, 8, N - 1], [13, 13, 200, 1]])
+    (out,) = _run_pte(_Tile8Lookup(tw, ts, 4), (ids,), None, tmp_path, [(ids,)])[0:1]
+    stock = torch.ops.quantized_decomposed.embedding_4bit.dtype(weight, scales, None, -8, 7, ids, dtype=torch.float32)
+    assert torch.equal(out[0], stock) and torch.equal(torch.ops.gemma_edge.tile8_lookup(tw, ts, ids), stock)
+    bad = torch.tensor([[N]])
+    with pytest.raises(RuntimeError):
+        _run_pte(_Tile8Lookup(tw, ts, 4), (ids,), None, tmp_path, [(bad,)])
+
+
 @pytest.mark.parametrize("bits, K, group", [(4, 96, 32), (4, 48, 16), (8, 64, 64), (32, 40, 40)])
 def test_table_head_kernel_matches_dequantized_matmul(tmp_path, bits, K, group):
     """gemma_edge::table_head (the SIMD path at groups of 32, the portable one otherwise) computes
