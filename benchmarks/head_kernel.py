@@ -1,12 +1,13 @@
 """The 4-bit tied head alone in ExecuTorch: ``gemma_edge::table_head`` (fp32 activations) against
-``gemma_edge::table_head_a8`` (int8 activations), one decode row, the real Gemma 3 270M's shape.
+``gemma_edge::table_head_a8`` (int8 activations, row-major table) and ``gemma_edge::tile8_head_a8``
+(int8 activations, the table in tiles of 8 rows), one decode row, the real Gemma 3 270M's shape.
 
-    python benchmarks/head_kernel.py [--rows 262144] [--dim 640] [--rounds 5] [--calls 20]
+    python benchmarks/head_kernel.py [--rows 262144] [--dim 640] [--rounds 5] [--calls 20] [--name NAME]
 
 Each op is one small ``.pte`` (a random table packed as ``+emb4`` stores it, groups of 32); for
-each thread count, rounds alternate the two ops, each timing ``--calls`` executions. Reported:
+each thread count, rounds alternate the ops, each timing ``--calls`` executions. Reported:
 median ns per table row and the read rate (codes + fp16 scales per call over the median time).
-Results: ``results/head_kernel.{json,md,png}``.
+Results: ``results/NAME.{json,md,png}`` (default ``head_kernel``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class _A8(torch.nn.Module):
         return torch.ops.gemma_edge.table_head_a8(x, self.w, self.s)
 
 
+class _Tile8(_A8):
+    def forward(self, x):
+        return torch.ops.gemma_edge.tile8_head_a8(x, self.w, self.s)
+
+
 class _F32(_A8):
     def forward(self, x):
         return torch.ops.gemma_edge.table_head(x, self.w, self.s, 4)
@@ -44,15 +50,17 @@ def methods(rows: int, dim: int):
     from executorch.runtime import Runtime
 
     from gemma_edge.export.executorch_backend import ops as _ops  # noqa: F401  (the .out schemas)
-    from gemma_edge.export.executorch_backend.table import pack_table
+    from gemma_edge.export.executorch_backend.table import pack_table, tile_rows
     from gemma_edge.runtime_py.kernels import load_executorch_kernels
 
     load_executorch_kernels()
     w, s = pack_table(torch.randn(rows, dim, generator=torch.Generator().manual_seed(0)), 4, 32)
     x = torch.randn(1, dim)
     out = {}
-    for name, cls in (("table_head (fp32 x)", _F32), ("table_head_a8 (int8 x)", _A8)):
-        ep = torch.export.export(cls(w, s), (x,))
+    ops = (("table_head (fp32 x)", _F32, (w, s)), ("table_head_a8 (int8 x)", _A8, (w, s)),
+           ("tile8_head_a8 (int8 x, tiles of 8 rows)", _Tile8, tile_rows(w, s)))
+    for name, cls, table in ops:
+        ep = torch.export.export(cls(*table), (x,))
         cc = EdgeCompileConfig(_check_ir_validity=False)
         et = to_edge_transform_and_lower(ep, compile_config=cc).to_executorch()
         program = Runtime.get().load_program(et.buffer)
@@ -90,6 +98,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=640)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calls", type=int, default=20)
+    p.add_argument("--name", default="head_kernel")
     a = p.parse_args()
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
@@ -118,7 +127,7 @@ def main() -> None:
                             "gb_s": nbytes / med / 1e9})  # fmt: skip
     res = {"rows": a.rows, "dim": a.dim, "rounds": a.rounds, "calls": a.calls, "results": results,
            "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
-    report.save(HERE / "results" / "head_kernel", res, markdown, plot)
+    report.save(HERE / "results" / a.name, res, markdown, plot)
 
 
 if __name__ == "__main__":

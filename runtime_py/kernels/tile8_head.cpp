@@ -7,7 +7,8 @@
 // one of scales, where the row-major layout (one row's groups, then the next row's) reads two per
 // row. On the AVX-512 VNNI path (gs = 32) one group of a tile is two 512-bit loads of four rows each,
 // met by the group's activations broadcast to every 128-bit lane: two VNNI dots per load, 16 int32
-// lanes (four per row), scaled per row and accumulated in fp32 across the groups.
+// lanes (four per row), scaled per row and accumulated in fp32 across the groups. AVX2 machines take
+// the same scheme at 256 bits (two rows a load); other machines, or other gs, a portable loop.
 //
 // The activations are quantized per group as table_head_a8 does (s = max|x_g| / 127, q = round half
 // to even of x / s), so a group's dot is exact in int32: sum_g s_w s_x (sum_i c_i q_i - 8 sum_i q_i).
@@ -130,8 +131,52 @@ inline void tile_dot_avx512(const uint8_t* w, const uint16_t* sc, const Tile8Row
 }
 #endif
 
-inline bool avx512_tile8(int64_t gs) {
-#if defined(GEMMA_EDGE_TILE8_AVX512)
+#if !defined(GEMMA_EDGE_TILE8_AVX512) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define GEMMA_EDGE_TILE8_AVX2 1
+// The 8 outputs of one tile at gs = 32 with 256-bit vectors: one load is two rows, each row's 16
+// code bytes meet the group's activations broadcast to both 128-bit lanes (VNNI where there is
+// AVX-VNNI, else maddubs + madd: a pair of products is at most 15 * 127 * 2, exact in int16).
+inline void tile_dot_avx2(const uint8_t* w, const uint16_t* sc, const Tile8Row& x, int64_t G, int64_t ahead,
+                          float* out) {
+  const __m256i m0f = _mm256_set1_epi8(0x0f);
+#if !defined(__AVXVNNI__)
+  const __m256i ones = _mm256_set1_epi16(1);
+#endif
+  const int8_t* q = x.q.data();
+  const int32_t* n8q = x.n8q.data();
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t g = 0; g < G; ++g) {
+    const uint8_t* wg = w + g * 128;
+    _mm_prefetch(reinterpret_cast<const char*>(wg + ahead), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(wg + ahead + 64), _MM_HINT_T0);
+    if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(sc + g * 8 + ahead / 16), _MM_HINT_T0);
+    const __m256i xe = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + g * 32)));
+    const __m256i xo = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + g * 32 + 16)));
+    const __m256i nq = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(n8q + g * 4)));
+    const __m256 s8 = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g * 8))),
+                                    _mm256_set1_ps(x.sx[g]));
+    for (int p = 0; p < 4; ++p) {  // rows 2p, 2p + 1
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + 32 * p));
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m0f), lo = _mm256_and_si256(wv, m0f);
+#if defined(__AVXVNNI__)
+      const __m256i d = _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(nq, hi, xe), lo, xo);
+#else
+      const __m256i d = _mm256_add_epi32(
+          nq, _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(hi, xe), _mm256_maddubs_epi16(lo, xo)), ones));
+#endif
+      const __m256i rows = _mm256_set_epi32(2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p, 2 * p, 2 * p, 2 * p);
+      acc[p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_permutevar8x32_ps(s8, rows), acc[p]);
+    }
+  }
+  // hadd twice: [r0, r2, r4, r6 | r1, r3, r5, r7], then into row order.
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+  _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(h, _mm256_set_epi32(7, 3, 6, 2, 5, 1, 4, 0)));
+}
+#endif
+
+// Whether a SIMD path takes groups of gs (and so reads q in the simd order with n8q).
+inline bool simd_tile8(int64_t gs) {
+#if defined(GEMMA_EDGE_TILE8_AVX512) || defined(GEMMA_EDGE_TILE8_AVX2)
   return gs == 32;
 #else
   (void)gs;
@@ -168,7 +213,7 @@ Tensor& tile8_head_a8_out(KernelRuntimeContext& ctx, const Tensor& x, const Tens
   float* od = out.mutable_data_ptr<float>();
   const uint8_t* wd = static_cast<const uint8_t*>(weight.const_data_ptr());
   const uint16_t* sd = static_cast<const uint16_t*>(scales.const_data_ptr());
-  const bool simd = avx512_tile8(gs);
+  const bool simd = simd_tile8(gs);
   std::vector<Tile8Row> xq(M);
   for (int64_t m = 0; m < M; ++m) quantize_tile8_row(xd + m * K, K, gs, simd, xq[m]);
   const int64_t tile_bytes = G * kTile * gs / 2;
@@ -176,11 +221,15 @@ Tensor& tile8_head_a8_out(KernelRuntimeContext& ctx, const Tensor& x, const Tens
     float o[kTile];
     for (int64_t t = begin; t < end; ++t) {
       for (int64_t m = 0; m < M; ++m) {
-#if defined(GEMMA_EDGE_TILE8_AVX512)
+#if defined(GEMMA_EDGE_TILE8_AVX512) || defined(GEMMA_EDGE_TILE8_AVX2)
         if (simd) {
           // Two tiles ahead, within this thread's range (past its end the prefetch would be wasted).
           const int64_t ahead = t + 2 < end ? 2 * tile_bytes : 0;
+#if defined(GEMMA_EDGE_TILE8_AVX512)
           tile_dot_avx512(wd + t * tile_bytes, sd + t * G * kTile, xq[m], G, ahead, o);
+#else
+          tile_dot_avx2(wd + t * tile_bytes, sd + t * G * kTile, xq[m], G, ahead, o);
+#endif
         } else
 #endif
           tile_dot_portable(wd + t * tile_bytes, sd + t * G * kTile, xq[m], G, gs, o);
