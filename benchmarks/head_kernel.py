@@ -58,7 +58,7 @@ def methods(rows: int, dim: int):
     x = torch.randn(1, dim)
     out = {}
     ops = (("table_head (fp32 x)", _F32, (w, s)), ("table_head_a8 (int8 x)", _A8, (w, s)),
-           ("tile8_head_a8 (int8 x, tiles of 8 rows)", _Tile8, tile_rows(w, s)))
+           ("tile8_head_a8 (int8 x, tiles of 8 rows)", _Tile8, tile_rows(w, s)))  # fmt: skip
     for name, cls, table in ops:
         ep = torch.export.export(cls(*table), (x,))
         cc = EdgeCompileConfig(_check_ir_validity=False)

@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "dequantize", "quantize_groups", "pack_table", "tile_rows", "untile_rows", "TableLookup", "TableHead", "share_table", "KernelLinear",
-    "kernel_linears",
-]
+    "dequantize", "quantize_groups", "pack_table", "tile_rows", "untile_rows", "TableLookup", "TableHead",
+    "share_table", "KernelLinear", "kernel_linears",
+]  # fmt: skip
 
 
 def dequantize(weight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:

@@ -298,8 +298,8 @@ def test_tile8_head_and_lookup_read_the_tiled_table(tmp_path, K, group):
     portable otherwise) is table_head_a8 on the row-major table, here numpy's integer arithmetic on
     the untiled codes; gemma_edge::tile8_lookup returns the rows ExecuTorch's embedding_4bit reads
     from the row-major table. tile_rows / untile_rows are inverses."""
-    import numpy as np
     import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401  (quantized_decomposed ops)
+    import numpy as np
 
     from gemma_edge.export.executorch_backend.table import pack_table, tile_rows, untile_rows
 
