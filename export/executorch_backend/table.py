@@ -129,47 +129,28 @@ def _(x, weight, scales, bits):
 
 
 _lib = torch.library.Library("gemma_edge", "FRAGMENT")
-_lib.define("table_head.out(Tensor x, Tensor weight, Tensor scales, SymInt bits, *, Tensor(a!) out) -> Tensor(a!)")
 
 
-def _table_head_out(x, weight, scales, bits, *, out):
-    res = torch.ops.gemma_edge.table_head(x, weight, scales, bits)
-    out.resize_(res.shape).copy_(res)
-    return out
+def _out_variant(op):
+    """The ``.out`` overload's implementation: ``op``'s result resized and copied into ``out``."""
+
+    def run(*args, out):
+        res = op(*args)
+        out.resize_(res.shape).copy_(res)
+        return out
+
+    return run
 
 
-_lib.define("table_head_a8.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out) -> Tensor(a!)")
-
-
-def _table_head_a8_out(x, weight, scales, *, out):
-    res = torch.ops.gemma_edge.table_head_a8(x, weight, scales)
-    out.resize_(res.shape).copy_(res)
-    return out
-
-
-_lib.define("tile8_head_a8.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out) -> Tensor(a!)")
-
-
-def _tile8_head_a8_out(x, weight, scales, *, out):
-    res = torch.ops.gemma_edge.tile8_head_a8(x, weight, scales)
-    out.resize_(res.shape).copy_(res)
-    return out
-
-
-_lib.define("tile8_lookup.out(Tensor weight, Tensor scales, Tensor ids, *, Tensor(a!) out) -> Tensor(a!)")
-
-
-def _tile8_lookup_out(weight, scales, ids, *, out):
-    res = torch.ops.gemma_edge.tile8_lookup(weight, scales, ids)
-    out.resize_(res.shape).copy_(res)
-    return out
-
-
-for _key in ("CompositeExplicitAutograd", "Meta"):
-    _lib.impl("table_head.out", _table_head_out, _key)
-    _lib.impl("table_head_a8.out", _table_head_a8_out, _key)
-    _lib.impl("tile8_head_a8.out", _tile8_head_a8_out, _key)
-    _lib.impl("tile8_lookup.out", _tile8_lookup_out, _key)
+for _name, _args in (
+    ("table_head", "Tensor x, Tensor weight, Tensor scales, SymInt bits"),
+    ("table_head_a8", "Tensor x, Tensor weight, Tensor scales"),
+    ("tile8_head_a8", "Tensor x, Tensor weight, Tensor scales"),
+    ("tile8_lookup", "Tensor weight, Tensor scales, Tensor ids"),
+):
+    _lib.define(f"{_name}.out({_args}, *, Tensor(a!) out) -> Tensor(a!)")
+    for _key in ("CompositeExplicitAutograd", "Meta"):
+        _lib.impl(f"{_name}.out", _out_variant(getattr(torch.ops.gemma_edge, _name)), _key)
 
 
 def pack_table(w: torch.Tensor, bits: int, group_size: int, scales: torch.Tensor | None = None):

@@ -24,7 +24,7 @@ from gemma_edge.models.errors import ArtifactError, ExportError
 __all__ = ["build_executorch_kernels", "load_executorch_kernels", "kernel_library_path", "cache_root", "cpu_flags"]
 
 _SRC = Path(__file__).parent
-_SOURCES = ("gemma_edge_executorch.cpp", "tile8_head.cpp", "half.h", "CMakeLists.txt")
+_SOURCES = ("gemma_edge_executorch.cpp", "tile8_head.cpp", "common.h", "CMakeLists.txt")
 _LOADED: Path | None = None
 
 

@@ -16,7 +16,7 @@
 #include <limits>
 #include <vector>
 
-#include "half.h"
+#include "common.h"
 
 namespace gemma_edge {
 
@@ -709,14 +709,12 @@ void quantize_row(const float* x, int64_t K, int64_t gs, QuantRow& r) {
   r.c8.assign(G, 0.f);
   for (int64_t g = 0; g < G; ++g) {
     const float* xg = x + g * gs;
-    float mx = 0.f;
-    for (int64_t i = 0; i < gs; ++i) mx = std::max(mx, std::fabs(xg[i]));
-    const float s = mx / 127.f;
+    const float s = a8_group_scale(xg, gs);
     r.sx[g] = s;
     if (s == 0.f) continue;
     int32_t sum = 0;
     for (int64_t i = 0; i < gs; ++i) {
-      const int32_t v = static_cast<int32_t>(std::nearbyint(std::min(127.f, std::max(-127.f, xg[i] / s))));
+      const int32_t v = a8_code(xg[i], s);
       sum += v;
       const int64_t b = i / 32 * 32, j = i % 32;
       int64_t pos = g * gs + i;

@@ -22,7 +22,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "half.h"
+#include "common.h"
 
 namespace gemma_edge {
 
@@ -54,15 +54,10 @@ void quantize_tile8_row(const float* x, int64_t K, int64_t gs, bool simd, Tile8R
   r.sx.assign(G, 0.f);
   for (int64_t g = 0; g < G; ++g) {
     const float* xg = x + g * gs;
-    float mx = 0.f;
-    for (int64_t i = 0; i < gs; ++i) mx = std::max(mx, std::fabs(xg[i]));
-    const float s = mx / 127.f;
+    const float s = a8_group_scale(xg, gs);
     r.sx[g] = s;
     if (s == 0.f) continue;
-    for (int64_t i = 0; i < gs; ++i) {
-      const int8_t v = static_cast<int8_t>(std::nearbyint(std::min(127.f, std::max(-127.f, xg[i] / s))));
-      r.q[g * gs + (simd ? (i % 2) * half + i / 2 : i)] = v;
-    }
+    for (int64_t i = 0; i < gs; ++i) r.q[g * gs + (simd ? (i % 2) * half + i / 2 : i)] = a8_code(xg[i], s);
   }
   if (!simd) return;
   r.n8q.assign(G * 4, 0);

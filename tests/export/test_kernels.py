@@ -245,6 +245,20 @@ class _HeadA8(_Head):
         return torch.ops.gemma_edge.table_head_a8(x, self.weight, self.scales)
 
 
+def _a8_reference(x, codes, scales, group):
+    """numpy's integer arithmetic for the a8 heads: x rounded to int8 per group on max|x|/127 (half to
+    even), exact int32 dots against the codes (N, K) per group, scaled by s_x and the fp16 scales."""
+    import numpy as np
+
+    N = codes.shape[0]
+    xg = x.numpy().astype(np.float32).reshape(x.shape[0], -1, group)
+    sx = (np.abs(xg).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(sx == 0, 0, np.clip(np.rint(xg / sx), -127, 127)).astype(np.int64)
+    dots = np.einsum("mgi,ngi->mng", q, codes.reshape(N, -1, group))  # exact integers per group
+    return (dots * sx[:, None, :, 0].astype(np.float64) * scales.numpy().astype(np.float64)[None]).sum(-1)
+
+
 @pytest.mark.parametrize("K, group", [(96, 32), (640, 32), (128, 64), (48, 16)])
 def test_table_head_a8_kernel_is_int8_activations_against_the_4bit_table(tmp_path, K, group):
     """gemma_edge::table_head_a8 (SIMD at groups of 32k, portable otherwise) computes, per group, the
@@ -267,12 +281,7 @@ def test_table_head_a8_kernel_is_int8_activations_against_the_4bit_table(tmp_pat
     cases = [(x0,), (torch.randn(3, K, generator=G),)]
     outs = _run_pte(_HeadA8(weight, scales, 4), cases[1], ({0: Dim("M", min=1, max=8)},), tmp_path, cases)
     for (x,), out in zip(cases, outs):
-        xg = x.numpy().astype(np.float32).reshape(x.shape[0], -1, group)
-        sx = (np.abs(xg).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            q = np.where(sx == 0, 0, np.clip(np.rint(xg / sx), -127, 127)).astype(np.int64)
-        dots = np.einsum("mgi,ngi->mng", q, codes.reshape(N, -1, group))  # exact integers per group
-        ref = (dots * sx[:, None, :, 0].astype(np.float64) * scales.numpy().astype(np.float64)[None]).sum(-1)
+        ref = _a8_reference(x, codes, scales, group)
         eager = torch.ops.gemma_edge.table_head_a8(x, weight, scales).double().numpy()
         for got in (out[0].double().numpy(), eager):
             assert got.shape == (x.shape[0], N)
@@ -317,12 +326,7 @@ def test_tile8_head_and_lookup_read_the_tiled_table(tmp_path, K, group):
     cases = [(x0,), (torch.randn(3, K, generator=G),)]
     outs = _run_pte(_Tile8HeadA8(tw, ts, 4), cases[1], ({0: Dim("M", min=1, max=8)},), tmp_path, cases)
     for (x,), out in zip(cases, outs):
-        xg = x.numpy().astype(np.float32).reshape(x.shape[0], -1, group)
-        sx = (np.abs(xg).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            q = np.where(sx == 0, 0, np.clip(np.rint(xg / sx), -127, 127)).astype(np.int64)
-        dots = np.einsum("mgi,ngi->mng", q, codes.reshape(N, -1, group))  # exact integers per group
-        ref = (dots * sx[:, None, :, 0].astype(np.float64) * scales.numpy().astype(np.float64)[None]).sum(-1)
+        ref = _a8_reference(x, codes, scales, group)
         eager = torch.ops.gemma_edge.tile8_head_a8(x, tw, ts).double().numpy()
         for got in (out[0].double().numpy(), eager):
             assert got.shape == (x.shape[0], N)

@@ -5,6 +5,8 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -34,6 +36,18 @@ static inline float half_to_float(uint16_t h) {
   std::memcpy(&f, &bits, 4);
   return f;
 #endif
+}
+
+// The a8 heads' activations, one group of gs (export/executorch_backend/table.py quantize_groups):
+// s = max|x| / 127 and q = round half to even of x / s, within +-127 (s = 0: every q is 0).
+static inline float a8_group_scale(const float* xg, int64_t gs) {
+  float mx = 0.f;
+  for (int64_t i = 0; i < gs; ++i) mx = std::max(mx, std::fabs(xg[i]));
+  return mx / 127.f;
+}
+
+static inline int8_t a8_code(float x, float s) {
+  return static_cast<int8_t>(std::nearbyint(std::min(127.f, std::max(-127.f, x / s))));
 }
 
 }  // namespace gemma_edge
