@@ -195,8 +195,9 @@ Tensor& tile8_head_a8_out(KernelRuntimeContext& ctx, const Tensor& x, const Tens
                       "gemma_edge::tile8_head_a8: a uint8 (N/8, G, 8 * gs/2) weight and half (N/8, G, 8) scales "
                       "expected");
   const int64_t T = weight.size(0), G = weight.size(1), gs = weight.size(2) / kTile * 2, N = T * kTile;
-  ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float && x.dim() >= 1 && x.size(x.dim() - 1) == G * gs,
-                      InvalidArgument, out, "gemma_edge::tile8_head_a8: fp32 x (..., %" PRId64 ") expected",
+  ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float && x.dim() >= 1 && x.size(x.dim() - 1) == G * gs &&
+                               out.scalar_type() == ScalarType::Float,
+                      InvalidArgument, out, "gemma_edge::tile8_head_a8: fp32 x (..., %" PRId64 ") and out expected",
                       G * gs);
   const int64_t K = G * gs, M = x.numel() / K;
   SizesType sizes[executorch::runtime::kTensorDimensionLimit];
@@ -242,8 +243,9 @@ Tensor& tile8_lookup_out(KernelRuntimeContext& ctx, const Tensor& weight, const 
                       "gemma_edge::tile8_lookup: a uint8 (N/8, G, 8 * gs/2) weight and half (N/8, G, 8) scales "
                       "expected");
   ET_KERNEL_CHECK_MSG(ctx, ids.scalar_type() == ScalarType::Long &&
-                               ids.dim() < static_cast<int64_t>(executorch::runtime::kTensorDimensionLimit),
-                      InvalidArgument, out, "gemma_edge::tile8_lookup: int64 ids expected");
+                               ids.dim() < static_cast<int64_t>(executorch::runtime::kTensorDimensionLimit) &&
+                               out.scalar_type() == ScalarType::Float,
+                      InvalidArgument, out, "gemma_edge::tile8_lookup: int64 ids and an fp32 out expected");
   const int64_t T = weight.size(0), G = weight.size(1), b = weight.size(2) / kTile, N = T * kTile, K = G * 2 * b;
   const int64_t* id = ids.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < ids.numel(); ++i)
@@ -254,8 +256,6 @@ Tensor& tile8_lookup_out(KernelRuntimeContext& ctx, const Tensor& weight, const 
   sizes[ids.dim()] = static_cast<SizesType>(K);
   ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(out, {sizes, static_cast<size_t>(ids.dim() + 1)}) ==
                            executorch::runtime::Error::Ok, InvalidArgument, out);  // fmt: skip
-  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float, InvalidArgument, out,
-                      "gemma_edge::tile8_lookup: fp32 out expected");
   const uint8_t* wd = static_cast<const uint8_t*>(weight.const_data_ptr());
   const uint16_t* sd = static_cast<const uint16_t*>(scales.const_data_ptr());
   float* od = out.mutable_data_ptr<float>();
