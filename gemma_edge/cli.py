@@ -46,8 +46,9 @@ def _export_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--allow-unknown-keys", action="store_true")
     p.add_argument("--ort-format", action="store_true", help="onnx: also write model.ort for ONNX Runtime Mobile")
-    p.add_argument("--kv-cache", choices=["fp32", "fp16"], default=None,
-                   help="executorch: the attention caches' dtype (default fp32; fp16 halves the state, --ops fused)")
+    p.add_argument("--kv-cache", choices=["fp32", "fp16", "q8"], default=None,
+                   help="executorch: the attention caches' dtype (default fp32; fp16 halves the state, q8 (int8 in "
+                        "groups of 32, fp16 scales, as llama.cpp's q8_0) about quarters it; both --ops fused)")
     p.add_argument("--allow-other-grid", action="store_true",
                    help="export a QAT checkpoint with another backend or recipe than it was trained for")  # fmt: skip
     if demo:

@@ -13,6 +13,11 @@
 * ``gemma_edge::rg_lru`` - the RG-LRU scan of Griffin (REFERENCE §2b) with the hidden state in and
   out.
 
+A KV cache may be kept in fp32, fp16 or **q8** (``int8`` caches): each (B, kvH, slot) row holds D int8
+codes in groups of 32, then the groups' fp16 scales as 2 bytes each (little-endian), D + D/16 bytes in
+all, as llama.cpp's Q8_0 blocks (d = max|x| / 127, code = round(x / d)). ``q8_pack`` / ``q8_unpack``
+are its reference; ``rope_cache_attention`` reads and writes such caches.
+
 The eager kernel of each op *is* the reference function below, so the plain-PyTorch path and the
 custom-op path compute the same thing; backends lower the op (or its decomposition) from outside.
 """
@@ -34,7 +39,42 @@ __all__ = [
     "ring_attention",
     "rope_cache_attention",
     "rg_lru",
+    "Q8_GROUP",
+    "q8_pack",
+    "q8_unpack",
+    "q8_row_bytes",
 ]
+
+Q8_GROUP = 32
+
+
+def q8_row_bytes(D: int) -> int:
+    """Bytes of one q8 cache row of D values (D a multiple of Q8_GROUP): codes, then fp16 scales."""
+    if D % Q8_GROUP:
+        raise ValueError(f"a q8 KV cache needs a head dim that is a multiple of {Q8_GROUP}, got {D}")
+    return D + 2 * (D // Q8_GROUP)
+
+
+def q8_pack(x: torch.Tensor) -> torch.Tensor:
+    """(..., D) float -> (..., D + D/16) int8 q8 rows: per group of 32, d = max|x| / 127 (fp32), codes
+    round(x / d) to nearest even (0 where d is 0), then d as fp16 bytes."""
+    D = x.shape[-1]
+    q8_row_bytes(D)
+    g = x.float().reshape(*x.shape[:-1], D // Q8_GROUP, Q8_GROUP)
+    d = g.abs().amax(-1, keepdim=True) / 127
+    codes = torch.where(d > 0, torch.round(g / torch.where(d > 0, d, torch.ones_like(d))), torch.zeros_like(g))
+    codes = codes.clamp(-127, 127).to(torch.int8).reshape(x.shape)
+    scales = d.squeeze(-1).to(torch.float16).contiguous().view(torch.int8)  # (..., 2 * D/32) little-endian
+    return torch.cat((codes, scales), dim=-1)
+
+
+def q8_unpack(p: torch.Tensor, D: int) -> torch.Tensor:
+    """(..., D + D/16) int8 q8 rows -> (..., D) fp32: each code times its group's fp16 scale."""
+    if p.shape[-1] != q8_row_bytes(D):
+        raise ValueError(f"q8 rows of {q8_row_bytes(D)} bytes expected for D={D}, got {p.shape[-1]}")
+    codes = p[..., :D].float().reshape(*p.shape[:-1], D // Q8_GROUP, Q8_GROUP)
+    scales = p[..., D:].contiguous().view(torch.float16).float()  # (..., D/32)
+    return (codes * scales[..., None]).reshape(*p.shape[:-1], D)
 
 
 def visible_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, causal: bool) -> torch.Tensor:
@@ -226,17 +266,23 @@ def rope_cache_attention(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Causal attention of a chunk over its cache and itself: out (B, T, H * D), and the chunk's
-    rotated k rows and its v rows at ``src`` (B, kvH, T, D) in the cache's dtype, for the write.
+    rotated k rows and its v rows at ``src`` (B, kvH, T, D) in the cache's dtype, for the write
+    (a q8 cache, int8: (B, kvH, T, D + D/16) packed rows, see ``q8_pack``).
     A cache slot holding a position at or past the chunk's start is not read (the chunk's own rows
     stand for those positions), so a global cache passes its slot indices as they are."""
     B, T, _ = q.shape
     cache_pos = torch.where(cache_pos < q_pos[0], cache_pos, torch.full_like(cache_pos, -1))
-    D = k_cache.shape[-1]
+    D = k.shape[-1] // k_cache.shape[1]
     q, k, v = (x.view(B, T, -1, D).transpose(1, 2) for x in (q, k, v))
     if q_norm.numel():
         q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out, k_rows, v_rows = ring_attention(q, k, v, k_cache, v_cache, q_pos, cache_pos, src, window, scale, softcap)
+    if k_cache.dtype == torch.int8:  # q8: attend over the dequantized cache, hand back packed rows
+        out, k_rows, v_rows = ring_attention(q, k, v, q8_unpack(k_cache, D), q8_unpack(v_cache, D), q_pos, cache_pos,
+                                             src, window, scale, softcap)  # fmt: skip
+        k_rows, v_rows = q8_pack(k_rows), q8_pack(v_rows)
+    else:
+        out, k_rows, v_rows = ring_attention(q, k, v, k_cache, v_cache, q_pos, cache_pos, src, window, scale, softcap)
     return out.transpose(1, 2).reshape(B, T, -1), k_rows, v_rows
 
 

@@ -43,7 +43,8 @@ def _partitioners():
 def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: dict, recipe: Recipe,
                      out: Path, progress=lambda msg: None, kv_dtype: torch.dtype = torch.float32) -> dict:  # fmt: skip
     """Export, lower and write ``out/model.pte``; return the method signatures for the manifest.
-    ``kv_dtype``: the attention caches' dtype (fp16 halves the state; the fused kernels read it)."""
+    ``kv_dtype``: the attention caches' dtype (fp16 halves the state, int8 is q8 rows (models.ops.q8_pack);
+    the fused kernels read them)."""
     import warnings
 
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
@@ -68,7 +69,7 @@ def lower(model: nn.Module, *, max_seq_len: int, prefill_chunk: int, metadata: d
                         {"name": "input_pos", "shape": [1], "dtype": "int64"},
                     ],
                     "outputs": [{"name": "logits", "shape": [1, cfg.vocab_size], "dtype": "float32"}],
-                    "kv_cache_dtype": str(kv_dtype).removeprefix("torch."),
+                    "kv_cache_dtype": "q8" if kv_dtype == torch.int8 else str(kv_dtype).removeprefix("torch."),
                 }
             }
         else:

@@ -8,6 +8,8 @@ from torch import nn
 
 from gemma_edge.models import CausalLM, Encoder
 from gemma_edge.models.attention import Attention
+from gemma_edge.models.errors import InputError
+from gemma_edge.models.ops import Q8_GROUP, q8_row_bytes
 
 MODEL_FILE = "model.pte"
 
@@ -23,6 +25,11 @@ class ExecuTorchCausal(nn.Module):
             self.arity.append(len(s))
             kv = isinstance(layer.temporal, Attention)  # recurrent states stay fp32
             for j, t in enumerate(s):
+                if kv and kv_dtype == torch.int8:  # q8 rows (models.ops.q8_pack): codes, then fp16 scales
+                    if t.shape[-1] % Q8_GROUP:
+                        raise InputError(f"kv_cache q8 needs a head dim that is a multiple of {Q8_GROUP} (groups of "
+                                         f"{Q8_GROUP} codes share a scale); this model's is {t.shape[-1]}")  # fmt: skip
+                    t = torch.zeros(*t.shape[:-1], q8_row_bytes(t.shape[-1]), dtype=torch.int8)
                 self.register_buffer(f"state_{i}_{j}", t.to(kv_dtype) if kv else t, persistent=False)
 
     def _state(self) -> list[tuple[torch.Tensor, ...]]:

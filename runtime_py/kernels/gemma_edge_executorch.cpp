@@ -1,4 +1,4 @@
-// ExecuTorch CPU kernels for gemma_edge's custom ops (fp32 activations; KV caches fp32 or fp16).
+// ExecuTorch CPU kernels for gemma_edge's custom ops (fp32 activations; KV caches fp32, fp16 or q8).
 // Semantics are those of the eager reference functions in models/ops.py; tests hold the two together.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
@@ -41,10 +41,43 @@ inline bool visible(int64_t qp, int64_t kp, int64_t window, bool causal) {
 
 namespace {
 
-// A key or value row as fp32: an fp32 cache is read in place, an fp16 one converted into `buf` (D).
-inline const float* row_f32(const void* base, bool half, int64_t off, int64_t D, float* buf) {
-  if (!half) return static_cast<const float*>(base) + off;
-  const uint16_t* h = static_cast<const uint16_t*>(base) + off;
+// A cache's row format: fp32, fp16, or q8 (models/ops.py q8_pack: D int8 codes in groups of 32,
+// then the groups' fp16 scales, D + D/16 bytes).
+enum class Fmt { F32, F16, Q8 };
+constexpr int64_t kQ8Group = 32;
+
+inline Fmt fmt_of(ScalarType t) {
+  return t == ScalarType::Half ? Fmt::F16 : t == ScalarType::Char ? Fmt::Q8 : Fmt::F32;
+}
+
+// Dequantize one q8 row of D values into buf.
+inline void q8_row_f32(const int8_t* p, int64_t D, float* buf) {
+  const uint8_t* sc = reinterpret_cast<const uint8_t*>(p + D);
+  for (int64_t g = 0; g < D / kQ8Group; ++g) {
+    const float s = half_to_float(static_cast<uint16_t>(sc[2 * g] | (sc[2 * g + 1] << 8)));
+    const int8_t* c = p + g * kQ8Group;
+    float* o = buf + g * kQ8Group;
+#if defined(__AVX2__)
+    const __m256 vs = _mm256_set1_ps(s);
+    for (int64_t i = 0; i < kQ8Group; i += 8) {
+      const __m256i ci = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + i)));
+      _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_cvtepi32_ps(ci), vs));
+    }
+#else
+    for (int64_t i = 0; i < kQ8Group; ++i) o[i] = static_cast<float>(c[i]) * s;
+#endif
+  }
+}
+
+// Row `row` (of D values) of a cache as fp32: an fp32 cache is read in place, an fp16 or q8 one
+// converted into `buf` (D).
+inline const float* row_f32(const void* base, Fmt fmt, int64_t row, int64_t D, float* buf) {
+  if (fmt == Fmt::F32) return static_cast<const float*>(base) + row * D;
+  if (fmt == Fmt::Q8) {
+    q8_row_f32(static_cast<const int8_t*>(base) + row * (D + 2 * (D / kQ8Group)), D, buf);
+    return buf;
+  }
+  const uint16_t* h = static_cast<const uint16_t*>(base) + row * D;
   int64_t d = 0;
 #if defined(__F16C__) && defined(__AVX__)
   for (; d + 8 <= D; d += 8) {
@@ -58,12 +91,12 @@ inline const float* row_f32(const void* base, bool half, int64_t off, int64_t D,
 // Keys and values of one source: (B, kvH, S, D) with positions kpos (B, S) (or, with kpos_shared,
 // the same (S,) positions for every batch row).
 struct KeySource {
-  const void* k;  // fp32, or fp16 when `half` (an fp16 KV cache)
+  const void* k;  // rows in `fmt` (an fp16 or q8 KV cache)
   const void* v;
   const int64_t* kpos;
   int64_t S;
   bool kpos_shared;
-  bool half;
+  Fmt fmt;
   int64_t kpos_end = std::numeric_limits<int64_t>::max();  // keys at positions >= this are not read
 };
 
@@ -92,7 +125,7 @@ int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, 
       const KeySource& ks = src[i];
       const int64_t lo = std::max<int64_t>(k0, first) - first, hi = std::min<int64_t>(k1, first + n_read[i]) - first;
       if (lo >= hi) continue;
-      const int64_t base = ((b * kvH + g) * ks.S) * D;
+      const int64_t base = (b * kvH + g) * ks.S;  // the first row of this (b, g)
       const int64_t* kp = ks.kpos + (ks.kpos_shared ? 0 : b * ks.S);
       for (int64_t s = lo; s < hi; ++s) {
         const int64_t at = first + s - k0;  // within the chunk
@@ -102,7 +135,7 @@ int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, 
           continue;
         }
         if (pass == 0) {
-          const float* kv = row_f32(ks.k, ks.half, base + s * D, D, row);
+          const float* kv = row_f32(ks.k, ks.fmt, base + s, D, row);
           for (int64_t r = 0; r < rep; ++r) {
             const float* q = qv[r];
             float dot = 0.f;
@@ -115,7 +148,7 @@ int64_t attend_chunk(const float* const* qv, int64_t rep, int64_t D, int64_t b, 
           }
           ++n_vis;
         } else {
-          const float* vv = row_f32(ks.v, ks.half, base + s * D, D, row);
+          const float* vv = row_f32(ks.v, ks.fmt, base + s, D, row);
           for (int64_t r = 0; r < rep; ++r) {
             const float p = std::exp(score[r * n + at] - m[r]);
             l[r] += p;
@@ -189,9 +222,9 @@ void attend(const float* qd, int64_t B, int64_t H, int64_t T, int64_t D, int64_t
           // No visible key (a padded query): the reference's finite floor gives equal weights.
           std::fill(o, o + D, 0.f);
           for (int i = 0; i < n_src; ++i) {
-            const int64_t base = ((b * kvH + g) * src[i].S) * D;
+            const int64_t base = (b * kvH + g) * src[i].S;
             for (int64_t s = 0; s < src[i].S; ++s) {
-              const float* vv = row_f32(src[i].v, src[i].half, base + s * D, D, row.data());
+              const float* vv = row_f32(src[i].v, src[i].fmt, base + s, D, row.data());
               for (int64_t d = 0; d < D; ++d) o[d] += vv[d];
             }
           }
@@ -240,7 +273,7 @@ Tensor& sliding_window_attention_out(KernelRuntimeContext& ctx, const Tensor& q,
   ET_KERNEL_CHECK_MSG(ctx, kvH > 0 && H % kvH == 0 && k.size(3) == D && v.size(2) == S, InvalidArgument, out,
                       "gemma_edge::sliding_window_attention: shape mismatch");
   const KeySource src{k.const_data_ptr(), v.const_data_ptr(), k_pos.const_data_ptr<int64_t>(), S, false,
-                      k.scalar_type() == ScalarType::Half};
+                      fmt_of(k.scalar_type())};
   attend(q.const_data_ptr<float>(), B, H, T, D, kvH, q_pos.const_data_ptr<int64_t>(), &src, 1, window, scale,
          softcap, causal, out.mutable_data_ptr<float>());
   return out;
@@ -248,15 +281,37 @@ Tensor& sliding_window_attention_out(KernelRuntimeContext& ctx, const Tensor& q,
 
 namespace {
 
+// One row of D values as a q8 row (models/ops.py q8_pack): per group of 32, d = max|x| / 127, codes
+// round half to even of x / d (0 when d is 0), then d as fp16 (rounded to nearest even) bytes.
+void q8_pack_row(const float* x, int64_t D, int8_t* out) {
+  uint8_t* sc = reinterpret_cast<uint8_t*>(out + D);
+  for (int64_t g = 0; g < D / kQ8Group; ++g) {
+    const float* xg = x + g * kQ8Group;
+    const float d = a8_group_scale(xg, kQ8Group);
+    for (int64_t i = 0; i < kQ8Group; ++i) out[g * kQ8Group + i] = d > 0.f ? a8_code(xg[i], d) : 0;
+    const executorch::aten::Half h(d);
+    uint16_t bits;
+    std::memcpy(&bits, &h, 2);
+    sc[2 * g] = static_cast<uint8_t>(bits & 0xff);
+    sc[2 * g + 1] = static_cast<uint8_t>(bits >> 8);
+  }
+}
+
 // The cache write's rows: k_rows/v_rows[bg, j] = kd/vd[bg, rows[j]] for bg < BG (batch x kv heads),
-// each row D long, in the rows' type (fp16: rounded to nearest even, as torch's .to(float16)).
+// each row D long, in the rows' type (fp16: rounded to nearest even, as torch's .to(float16); int8:
+// q8 rows of D + D/16 bytes).
 void take_rows(const float* kd, const float* vd, const int64_t* rows, int64_t BG, int64_t T, int64_t D,
                Tensor& k_rows, Tensor& v_rows) {
-  const bool half = k_rows.scalar_type() == ScalarType::Half;
+  const Fmt fmt = fmt_of(k_rows.scalar_type());
+  const bool half = fmt == Fmt::F16;
   for (int64_t bg = 0; bg < BG; ++bg) {
     for (int64_t j = 0; j < T; ++j) {
       const int64_t from = (bg * T + rows[j]) * D, to = (bg * T + j) * D;
-      if (half) {
+      if (fmt == Fmt::Q8) {
+        const int64_t row_bytes = D + 2 * (D / kQ8Group), at = (bg * T + j) * row_bytes;
+        q8_pack_row(kd + from, D, k_rows.mutable_data_ptr<int8_t>() + at);
+        q8_pack_row(vd + from, D, v_rows.mutable_data_ptr<int8_t>() + at);
+      } else if (half) {
         executorch::aten::Half* kh = k_rows.mutable_data_ptr<executorch::aten::Half>();
         executorch::aten::Half* vh = v_rows.mutable_data_ptr<executorch::aten::Half>();
         for (int64_t d = 0; d < D; ++d) {
@@ -310,8 +365,8 @@ void ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
   const int64_t* qpd = q_pos.const_data_ptr<int64_t>();
   const KeySource src[2] = {
       {k_ring.const_data_ptr(), v_ring.const_data_ptr(), ring_pos.const_data_ptr<int64_t>(), W, false,
-       ring_t == ScalarType::Half},
-      {k.const_data_ptr<float>(), v.const_data_ptr<float>(), qpd, T, true, false},
+       fmt_of(ring_t)},
+      {k.const_data_ptr<float>(), v.const_data_ptr<float>(), qpd, T, true, Fmt::F32},
   };
   attend(q.const_data_ptr<float>(), B, H, T, D, kvH, qpd, src, 2, window, scale, softcap, true,
          out.mutable_data_ptr<float>());
@@ -344,7 +399,7 @@ void norm_rope_row(const float* x, int64_t D, const float* w, float eps, const f
 }  // namespace
 
 // q (B, T, H*D), k/v (B, T, kvH*D) as projected; q_norm/k_norm (D,) or empty; cos/sin (T, rot);
-// caches (B, kvH, S, D) fp32 or fp16 as before the chunk; q_pos (T,); cache_pos (B, S) (a slot at a
+// caches (B, kvH, S, D) fp32 or fp16, or (B, kvH, S, D + D/16) int8 q8 rows, as before the chunk; q_pos (T,); cache_pos (B, S) (a slot at a
 // position >= q_pos[0] is stale: the chunk's own rows stand for it); src (T,)
 // -> out (B, T, H*D); k_rows/v_rows (B, kvH, T, D) in the caches' type: the chunk's normed, rotated
 // k rows and its v rows at src, which the program then writes into the cache.
@@ -358,10 +413,11 @@ void rope_cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const 
                                v.scalar_type() == ScalarType::Float && cos.scalar_type() == ScalarType::Float &&
                                sin.scalar_type() == ScalarType::Float && q_norm.scalar_type() == ScalarType::Float &&
                                k_norm.scalar_type() == ScalarType::Float && v_cache.scalar_type() == cache_t &&
-                               (cache_t == ScalarType::Float || cache_t == ScalarType::Half) &&
+                               (cache_t == ScalarType::Float || cache_t == ScalarType::Half ||
+                                cache_t == ScalarType::Char) &&
                                k_rows.scalar_type() == cache_t && v_rows.scalar_type() == cache_t, InvalidArgument, ,
-                      "gemma_edge::rope_cache_attention: fp32 q/k/v/norms/tables, caches and rows both fp32 or both "
-                      "fp16 expected");
+                      "gemma_edge::rope_cache_attention: fp32 q/k/v/norms/tables, caches and rows all fp32, fp16 or "
+                      "int8 (q8) expected");
   ET_KERNEL_CHECK_MSG(ctx, q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && k_cache.dim() == 4 &&
                                v_cache.dim() == 4 && cos.dim() == 2 && sin.dim() == 2 && cache_pos.dim() == 2 &&
                                src_rows.dim() == 1 && q_norm.dim() == 1 && k_norm.dim() == 1, InvalidArgument, ,
@@ -370,13 +426,19 @@ void rope_cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const 
   ET_KERNEL_CHECK_MSG(ctx, q_pos.scalar_type() == ScalarType::Long && cache_pos.scalar_type() == ScalarType::Long &&
                                src_rows.scalar_type() == ScalarType::Long, InvalidArgument, ,
                       "gemma_edge::rope_cache_attention: int64 positions and rows expected");
-  const int64_t B = q.size(0), T = q.size(1), D = k_cache.size(3), kvH = k_cache.size(1), S = k_cache.size(2);
-  const int64_t H = D > 0 ? q.size(2) / D : 0, rot = cos.size(1);
+  const int64_t B = q.size(0), T = q.size(1), kvH = k_cache.size(1), S = k_cache.size(2);
+  const int64_t D = kvH > 0 ? k.size(2) / kvH : 0, H = D > 0 ? q.size(2) / D : 0, rot = cos.size(1);
+  const bool q8 = cache_t == ScalarType::Char;
+  const int64_t W = q8 ? D + 2 * (D / kQ8Group) : D;  // a cache row's width in its elements
   const bool norm = q_norm.numel() > 0;
+  ET_KERNEL_CHECK_MSG(ctx, !q8 || D % kQ8Group == 0, InvalidArgument, ,
+                      "gemma_edge::rope_cache_attention: a q8 cache needs a head dim that is a multiple of 32, got "
+                      "%" PRId64, D);
   ET_KERNEL_CHECK_MSG(ctx, D > 0 && H > 0 && kvH > 0 && H % kvH == 0 && q.size(2) == H * D && k.size(0) == B &&
                                k.size(1) == T && k.size(2) == kvH * D && v.size(0) == B && v.size(1) == T &&
-                               v.size(2) == kvH * D && k_cache.size(0) == B && v_cache.size(0) == B &&
-                               v_cache.size(1) == kvH && v_cache.size(2) == S && v_cache.size(3) == D &&
+                               v.size(2) == kvH * D && k_cache.size(0) == B && k_cache.size(3) == W &&
+                               v_cache.size(0) == B && v_cache.size(1) == kvH && v_cache.size(2) == S &&
+                               v_cache.size(3) == W &&
                                cos.size(0) == T && sin.size(0) == T && sin.size(1) == rot && rot % 2 == 0 &&
                                rot <= D && cache_pos.size(0) == B && cache_pos.size(1) == S && src_rows.size(0) == T &&
                                q_pos.size(0) == T && (norm ? q_norm.size(0) == D && k_norm.size(0) == D
@@ -385,7 +447,7 @@ void rope_cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const 
   ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok, InvalidArgument, );
   const executorch::aten::SizesType rows_shape[4] = {static_cast<executorch::aten::SizesType>(B),
       static_cast<executorch::aten::SizesType>(kvH), static_cast<executorch::aten::SizesType>(T),
-      static_cast<executorch::aten::SizesType>(D)};  // fmt: skip
+      static_cast<executorch::aten::SizesType>(W)};  // fmt: skip
   ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(k_rows, {rows_shape, 4}) == Error::Ok, InvalidArgument, );
   ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(v_rows, {rows_shape, 4}) == Error::Ok, InvalidArgument, );
   const int64_t* rows = src_rows.const_data_ptr<int64_t>();
@@ -419,8 +481,8 @@ void rope_cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const 
   const int64_t* qpd = q_pos.const_data_ptr<int64_t>();
   const KeySource src[2] = {
       {k_cache.const_data_ptr(), v_cache.const_data_ptr(), cache_pos.const_data_ptr<int64_t>(), S, false,
-       cache_t == ScalarType::Half, T > 0 ? qpd[0] : 0},  // slots at the chunk's positions or later: stale
-      {kr.data(), vr.data(), qpd, T, true, false},
+       fmt_of(cache_t), T > 0 ? qpd[0] : 0},  // slots at the chunk's positions or later: stale
+      {kr.data(), vr.data(), qpd, T, true, Fmt::F32},
   };
   attend(qr.data(), B, H, T, D, kvH, qpd, src, 2, window, scale, softcap, true, out.mutable_data_ptr<float>(), true);
   take_rows(kr.data(), vr.data(), rows, B * kvH, T, D, k_rows, v_rows);

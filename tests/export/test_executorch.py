@@ -134,11 +134,40 @@ def test_fp16_kv_cache_halves_the_state_and_verifies(artifact, tmp_path):
     a, b = s16.decode(7), s32.decode(7)
     assert 0 < (a - b).abs().max().item() < 0.05 * b.abs().max().item()  # rounded caches, same model
     for ops, kv, msg in [("portable", "fp16", "kv_cache fp16 needs --ops fused"),
-                         ("fused", "bf16", "kv_cache must be one of fp32, fp16, got 'bf16'")]:  # fmt: skip
+                         ("fused", "bf16", "kv_cache must be one of fp32, fp16, q8, got 'bf16'")]:  # fmt: skip
         with pytest.raises(models.InputError, match=msg):
             export(model, "executorch", "fp32", MAX_SEQ_LEN, ops, tmp_path / ops, options={"kv_cache": kv},
                    verify=False, progress=lambda m: None)  # fmt: skip
         assert not (tmp_path / ops).exists()
+
+
+def test_q8_kv_cache_quarters_the_state_and_verifies(tmp_path):
+    """``kv_cache: q8``: every attention cache is an int8 state buffer of Q8_0 rows (32 codes and an
+    fp16 scale per group, 0.53x an fp16 cache's bytes), the fused kernel reads and writes it in place,
+    the export verifies against the eager model with fp32 caches, and decoding past the window stays
+    within the rounding of an fp16-cache artifact of the same model. A head dim that is not a
+    multiple of 32 is refused before anything is written."""
+    from conftest import MAX_SEQ_LEN
+
+    cfg = models.get_preset("tiny-gemma3").replace(head_dim=32)
+    model = models.build(cfg, seed=0)
+    d = {kv: export(model, "executorch", "8da4w+emb4", MAX_SEQ_LEN, "fused", tmp_path / kv, options={"kv_cache": kv},
+                    progress=lambda m: None) for kv in ("fp16", "q8")}  # fmt: skip
+    assert checked_manifest(d["q8"], "executorch", "8da4w+emb4")["methods"]["forward"]["kv_cache_dtype"] == "q8"
+    kv16 = models.state_bytes(cfg, MAX_SEQ_LEN, kv_bytes=2)["kv"]
+    saved = sum(_non_const_buffers(d["fp16"] / "model.pte")) - sum(_non_const_buffers(d["q8"] / "model.pte"))
+    assert saved >= 0.45 * kv16, (saved, kv16)  # 1 - 34/64 of the fp16 caches' bytes
+    ids = [2, *range(40, 40 + 3 * cfg.window)]  # past the window: the rings wrap
+    s8, s16 = load(d["q8"]), load(d["fp16"])
+    s8.prefill(ids), s16.prefill(ids)
+    for _ in range(4):
+        a, b = s8.decode(7), s16.decode(7)
+        assert 0 < (a - b).abs().max().item() < 0.05 * b.abs().max().item()  # q8 rounding, same model
+    with pytest.raises(models.InputError, match=r"kv_cache q8 needs a head dim that is a multiple of 32.*is 16"):
+        export(models.build(models.get_preset("tiny-gemma3"), seed=0), "executorch", "8da4w+emb4", MAX_SEQ_LEN,
+               "fused", tmp_path / "d16", options={"kv_cache": "q8"}, verify=False,
+               progress=lambda m: None)  # fmt: skip
+    assert not (tmp_path / "d16").exists()
 
 
 def test_gemma3_1b_state_memory_at_8192():

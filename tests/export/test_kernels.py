@@ -158,17 +158,19 @@ class _RopeCache(torch.nn.Module):
                                                      self.window, 0.25, self.softcap, self.eps)  # fmt: skip
 
 
-@pytest.mark.parametrize("window, softcap, norm, half, rot", [(8, 3.0, True, False, 16), (0, 0.0, True, True, 16),
-                                                              (8, 0.0, False, True, 8), (0, 3.0, False, False, 12)])
-def test_rope_cache_attention_kernel_matches_reference(tmp_path, window, softcap, norm, half, rot):
+@pytest.mark.parametrize("window, softcap, norm, cache, rot", [(8, 3.0, True, "fp32", 16), (0, 0.0, True, "fp16", 16),
+                                                               (8, 0.0, False, "fp16", 8), (0, 3.0, False, "fp32", 12),
+                                                               (8, 3.0, True, "q8", 16), (0, 0.0, False, "q8", 24)])
+def test_rope_cache_attention_kernel_matches_reference(tmp_path, window, softcap, norm, cache, rot):
     """The whole step of a cached layer in one kernel: per-head q/k RMSNorm (or none, as Gemma 2),
     RoPE of the first ``rot`` channels, attention over (cache before the chunk, chunk) of a ring
     (window) or a global cache, the output in (B, T, H * D) and the rotated rows for the cache write,
-    rounded to an fp16 cache's type. Its reference composes rms_norm, apply_rope and ring_attention."""
+    in the cache's type: rounded to fp16, or packed as q8 rows (llama.cpp's Q8_0 blocks, codes then
+    scales). Its reference composes rms_norm, apply_rope and ring_attention."""
     from gemma_edge.models.attention import AttnContext, ring_slot_positions, ring_write_index
     from gemma_edge.models.layers import rope_inv_freq
 
-    B, H, kvH, D, S = 2, 4, 2, 16, 8 if window else 40
+    B, H, kvH, D, S = 2, 4, 2, 64 if cache == "q8" else 16, 8 if window else 40
     inv = rope_inv_freq(D, rot / D, 100.0, 1.0)
 
     def inputs(start, T):
@@ -176,8 +178,8 @@ def test_rope_cache_attention_kernel_matches_reference(tmp_path, window, softcap
         k, v = torch.randn(B, T, kvH * D, generator=G) * 2, torch.randn(B, T, kvH * D, generator=G)
         qn, kn = (torch.randn(D, generator=G), torch.randn(D, generator=G)) if norm else (torch.empty(0),) * 2
         kc, vc = torch.randn(B, kvH, S, D, generator=G), torch.randn(B, kvH, S, D, generator=G)
-        if half:
-            kc, vc = kc.half(), vc.half()
+        if cache != "fp32":
+            kc, vc = (kc.half(), vc.half()) if cache == "fp16" else (ops.q8_pack(kc), ops.q8_pack(vc))
         pos = torch.arange(start, start + T)
         ctx = AttnContext.build(inv, pos, B, window, True, None)
         if window:
@@ -193,10 +195,35 @@ def test_rope_cache_attention_kernel_matches_reference(tmp_path, window, softcap
     for args, (out, k_rows, v_rows) in zip(cases, outs):
         ref, ref_k, ref_v = ops.rope_cache_attention(*args, window, 0.25, softcap, 1e-6)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-        assert k_rows.dtype == ref_k.dtype == args[7].dtype
-        # the rotated rows differ from torch's by fp32 rounding at most (one ulp before an fp16 rounding)
-        torch.testing.assert_close(k_rows.float(), ref_k.float(), rtol=1e-3 if half else 1e-5, atol=1e-5)
-        assert torch.equal(v_rows, ref_v)
+        assert k_rows.dtype == ref_k.dtype == args[7].dtype and k_rows.shape == ref_k.shape
+        assert torch.equal(v_rows, ref_v)  # v is not rotated: the same fp32 values, the same rounding or codes
+        if cache == "q8":  # the rotated rows differ from torch's by fp32 rounding at most: a code by one step
+            step = ref_k[..., D:].contiguous().view(torch.float16).float().repeat_interleave(32, -1)
+            assert ((ops.q8_unpack(k_rows, D) - ops.q8_unpack(ref_k, D)).abs() <= step * 1.01).all()
+            assert (k_rows[..., :D] != ref_k[..., :D]).float().mean() < 0.01
+        else:  # (one ulp before an fp16 rounding)
+            torch.testing.assert_close(k_rows.float(), ref_k.float(), rtol=1e-3 if cache == "fp16" else 1e-5,
+                                       atol=1e-5)  # fmt: skip
+
+
+def test_q8_rows_are_llamacpp_q8_0_blocks():
+    """A q8 cache row is llama.cpp's Q8_0 (gguf-py's reference quantizer, the outside oracle): the same
+    codes and fp16 scales, laid out as the row's codes then its scales, and the same dequantized values.
+    Rows with an all-zero group, and a head dim that is not a multiple of 32, are covered too."""
+    from gguf import GGMLQuantizationType, quants
+
+    x = torch.randn(3, 5, 256, generator=G) * torch.logspace(-3, 2, 5)[None, :, None]
+    x[0, 0, 32:64] = 0  # a group of zeros: scale 0, codes 0
+    ref = quants.quantize(x.numpy(), GGMLQuantizationType.Q8_0).reshape(3, 5, 8, 34)
+    p = ops.q8_pack(x)
+    assert p.dtype == torch.int8 and p.shape == (3, 5, 256 + 16)
+    assert torch.equal(p[..., :256].reshape(3, 5, 8, 32), torch.from_numpy(ref[..., 2:].view("int8").copy()))
+    assert torch.equal(p[..., 256:].contiguous().view(torch.int16).reshape(3, 5, 8),
+                       torch.from_numpy(ref[..., :2].copy().view("int16")[..., 0]))  # fmt: skip
+    deq = quants.dequantize(ref.reshape(3, 5, 272), GGMLQuantizationType.Q8_0)
+    assert torch.equal(ops.q8_unpack(p, 256), torch.from_numpy(deq))
+    with pytest.raises(ValueError, match="multiple of 32, got 48"):
+        ops.q8_pack(torch.zeros(2, 48))
 
 
 class _LRU(torch.nn.Module):
