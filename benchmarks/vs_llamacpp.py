@@ -11,7 +11,8 @@
    (``artifacts/hf_gemma3-1b``) through ``convert_hf_to_gguf.py``. Formats: Q4_0 ``--pure`` (every
    tensor 4-bit, the table and head too), Q4_0 (llama-quantize's default mix: Q8_0 table/head) and Q8_0.
 3. Ours, exported from the same source in child processes: ExecuTorch ``8da4w+emb4 --ops fused
-   --kv-cache fp16`` (llama.cpp's caches are fp16 too),
+   --kv-cache q8`` (llama.cpp's Q8_0 blocks; llama.cpp is timed with its default fp16 caches and,
+   on its own row, with ``-ctk q8_0 -ctv q8_0 -fa 1``),
    ONNX ``8da4w+emb4 --ops fused``, LiteRT ``int4``; ``max_seq_len`` 4224 so that 4K fits (the
    random gemma3-1b with ``--ptq rtn``: no quality to keep, the same bytes to decode).
 4. ``--rounds`` rounds; in each, every format runs once in a fresh process, in turn (interleaved, so
@@ -47,13 +48,16 @@ import report  # noqa: E402
 
 OURS = {
     "ExecuTorch 8da4w+emb4 fused": ["--backend", "executorch", "--quant", "8da4w+emb4", "--ops", "fused", "--kv-cache",
-                                    "fp16"],
+                                    "q8"],
     # 8da4w on ONNX too (MatMulNBits accuracy_level 4: int8 activations, as llama.cpp's Q4_0 x Q8_0 dot
     # and our ExecuTorch head): 1.1-1.35x the decode of int4+emb4 on the 270M, Hamlet PPL 53.87 against 53.95
     "ONNX 8da4w+emb4 fused": ["--backend", "onnx", "--quant", "8da4w+emb4", "--ops", "fused"],
     "LiteRT int4": ["--backend", "litert", "--quant", "int4"],
 }
 LLAMA = {"llama.cpp Q4_0 --pure": ("Q4_0", ["--pure"]), "llama.cpp Q4_0": ("Q4_0", []), "llama.cpp Q8_0": ("Q8_0", [])}
+# Rows that time one of LLAMA's GGUFs with other llama-bench flags: (the GGUF's label, flags).
+REFS = ("llama.cpp Q4_0 --pure", "llama.cpp Q4_0 --pure, KV q8_0", "llama.cpp Q4_0")  # the ratio columns
+LLAMA_RUNS = {"llama.cpp Q4_0 --pure, KV q8_0": ("llama.cpp Q4_0 --pure", ["-ctk", "q8_0", "-ctv", "q8_0", "-fa", "1"])}
 MAX_SEQ_LEN = 4224
 DECODE_STEPS = 32
 
@@ -92,7 +96,7 @@ def ggufs_for(model: str, bins: Path, src: Path, root: Path, threads: int) -> tu
     if model == "gemma3-270m":
         made = llamacpp.make_ggufs(src, bins, root, fixtures.real_gemma3_270m(), threads)
         names = {"llama.cpp Q4_0 --pure": "Q4_0 --pure", "llama.cpp Q4_0": "Q4_0", "llama.cpp Q8_0": "Q8_0"}
-        return {k: made[v]["path"] for k, v in names.items()}, str(fixtures.real_gemma3_270m())
+        return with_runs({k: made[v]["path"] for k, v in names.items()}), str(fixtures.real_gemma3_270m())
     ckpt = ROOT / "artifacts" / f"hf_{model}"
     if not (ckpt / "config.json").is_file():
         log(f"writing a random {model}-shaped checkpoint with transformers to {ckpt}…")
@@ -117,7 +121,27 @@ def ggufs_for(model: str, bins: Path, src: Path, root: Path, threads: int) -> tu
             peak_rss_child([bins / "llama-quantize", *flags, f32, path.with_suffix(".tmp"), qtype, threads])
             os.replace(path.with_suffix(".tmp"), path)
         out[label] = path
-    return out, str(ckpt)
+    return with_runs(out), str(ckpt)
+
+
+def with_runs(ggufs: dict[str, Path]) -> dict[str, Path]:
+    """``ggufs`` and, after each GGUF, the LLAMA_RUNS rows that time it with other flags."""
+    out = {}
+    for label, path in ggufs.items():
+        out[label] = path
+        out.update({run: path for run, (base, _) in LLAMA_RUNS.items() if base == label})
+    return out
+
+
+def _matches(d: Path, args: list[str]) -> bool:
+    """``d`` holds an export of ``args``' recipe (and KV cache dtype): --skip-export may reuse it."""
+    if not (d / "manifest.json").is_file():
+        return False
+    m = json.loads((d / "manifest.json").read_text())
+    opt = dict(zip(args[::2], args[1::2]))
+    kv = m["methods"].get("forward", {}).get("kv_cache_dtype")
+    want_kv = {"fp16": "float16", "q8": "q8"}.get(opt.get("--kv-cache", ""), "float32")
+    return m["recipe"]["name"] == opt["--quant"] and (kv is None or kv == want_kv)
 
 
 def export_ours(source: str, out: Path, skip: bool, extra: tuple[str, ...] | list[str] = ()) -> dict[str, Path]:
@@ -125,7 +149,7 @@ def export_ours(source: str, out: Path, skip: bool, extra: tuple[str, ...] | lis
     for label, args in OURS.items():
         d = out / label.split()[0].lower()
         arts[label] = d
-        if skip and (d / "manifest.json").is_file():
+        if skip and _matches(d, args):
             continue
         log(f"exporting {label} from {source}…")
         t0 = time.perf_counter()
@@ -196,10 +220,10 @@ def measure_litertlm(bundle: Path, threads: int, contexts: list[int]) -> dict:
     return {**res, "process_peak_rss_mib": peak}
 
 
-def measure_llama(bins: Path, gguf: Path, threads: int, contexts: list[int]) -> dict:
+def measure_llama(bins: Path, gguf: Path, threads: int, contexts: list[int], flags: list[str] = ()) -> dict:
     depths = ",".join(map(str, contexts))
     cmd = [bins / "llama-bench", "-m", gguf, "-p", "0", "-n", DECODE_STEPS, "-d", depths, "-t", threads, "-r", "1",
-           "-o", "json"]  # fmt: skip
+           "-o", "json", *flags]  # fmt: skip
     out, peak = peak_rss_child(cmd)
     rows = json.loads(out)
     return {"decode_tok_s": {int(r["n_depth"]): float(r["avg_ts"]) for r in rows}, "process_peak_rss_mib": peak}
@@ -232,14 +256,16 @@ def summarize(rounds: list[dict], files: dict[str, int], contexts: list[int]) ->
         rows[label] = row
     for row in rows.values():
         row["ratio"] = {ref: {c: row["decode_tok_s"][c]["median"] / rows[ref]["decode_tok_s"][c]["median"]
-                              for c in contexts} for ref in ("llama.cpp Q4_0 --pure", "llama.cpp Q4_0")}  # fmt: skip
+                              for c in contexts} for ref in REFS if ref in rows}  # fmt: skip
     return rows
 
 
 def markdown(res: dict) -> str:
     cs = res["contexts"]
+    refs = list(next(iter(res["rows"].values()))["ratio"])
+    short = {ref: ref.removeprefix("llama.cpp ") for ref in refs}
     head = ["format", "file MiB", *[f"decode @{c} (tok/s)" for c in cs],
-            *[f"× Q4_0 --pure @{c}" for c in cs], *[f"× Q4_0 @{c}" for c in cs], "peak RSS / file",
+            *[f"× {short[ref]} @{c}" for ref in refs for c in cs], "peak RSS / file",
             "model RSS / file, generating (load peak)"]  # fmt: skip
     lines = [f"# Decode vs llama.cpp: {res['model']} ({res['threads']} threads, {res['rounds']} interleaved rounds)",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
@@ -247,8 +273,7 @@ def markdown(res: dict) -> str:
         d = r["decode_tok_s"]
         cells = [label, f"{r['file_mib']:.0f}",
                  *[f"{d[c]['median']:.1f} ({d[c]['min']:.1f}–{d[c]['max']:.1f})" for c in cs],
-                 *[f"{r['ratio']['llama.cpp Q4_0 --pure'][c]:.2f}" for c in cs],
-                 *[f"{r['ratio']['llama.cpp Q4_0'][c]:.2f}" for c in cs],
+                 *[f"{r['ratio'][ref][c]:.2f}" for ref in refs for c in cs],
                  f"{r['process_rss_over_file']:.2f}",
                  f"{r['model_rss_over_file']:.2f} ({r['load_peak_rss_over_file']:.2f})"
                  if "load_peak_rss_over_file" in r else "—"]  # fmt: skip
@@ -302,7 +327,7 @@ def main() -> None:
     for r in range(a.rounds):
         this = {}
         for label, g in ggufs.items():
-            this[label] = measure_llama(bins, g, a.threads, a.contexts)
+            this[label] = measure_llama(bins, g, a.threads, a.contexts, LLAMA_RUNS.get(label, (None, []))[1])
             log(f"round {r + 1} {label}: {this[label]['decode_tok_s']}")
         for label, d in ours.items():
             this[label] = measure_ours(d, a.threads, a.contexts)
