@@ -111,11 +111,11 @@ def test_caches_are_written_in_place(artifact, recipe, ops):
         assert calls.count("gemma_edge::rope_cache_attention") == len(kinds)
 
 
+@pytest.mark.slow  # ~75 s; test_q8_kv_cache_quarters_the_state_and_verifies exports an fp16 cache too
 def test_fp16_kv_cache_halves_the_state_and_verifies(artifact, tmp_path):
     """``kv_cache: fp16``: every attention cache is an fp16 state buffer (the memory plan sheds half
     the caches' bytes), the fused kernels read it in place, and the artifact verifies against the
-    eager model with fp32 caches. The portable attention, which would convert whole caches each step,
-    and an unknown dtype are refused before anything is written."""
+    eager model with fp32 caches."""
     from conftest import MAX_SEQ_LEN
 
     cfg = models.get_preset("tiny-gemma3")
@@ -133,12 +133,6 @@ def test_fp16_kv_cache_halves_the_state_and_verifies(artifact, tmp_path):
     s16.prefill(ids), s32.prefill(ids)  # a chunk attends to its own rows in fp32: decode reads the caches
     a, b = s16.decode(7), s32.decode(7)
     assert 0 < (a - b).abs().max().item() < 0.05 * b.abs().max().item()  # rounded caches, same model
-    for ops, kv, msg in [("portable", "fp16", "kv_cache fp16 needs --ops fused"),
-                         ("fused", "bf16", "kv_cache must be one of fp32, fp16, q8, got 'bf16'")]:  # fmt: skip
-        with pytest.raises(models.InputError, match=msg):
-            export(model, "executorch", "fp32", MAX_SEQ_LEN, ops, tmp_path / ops, options={"kv_cache": kv},
-                   verify=False, progress=lambda m: None)  # fmt: skip
-        assert not (tmp_path / ops).exists()
 
 
 def test_q8_kv_cache_quarters_the_state_and_verifies(tmp_path):
@@ -146,13 +140,14 @@ def test_q8_kv_cache_quarters_the_state_and_verifies(tmp_path):
     fp16 scale per group, 0.53x an fp16 cache's bytes), the fused kernel reads and writes it in place,
     the export verifies against the eager model with fp32 caches, and decoding past the window stays
     within the rounding of an fp16-cache artifact of the same model. A head dim that is not a
-    multiple of 32 is refused before anything is written."""
+    multiple of 32, the portable attention (which would convert whole caches each step) and an
+    unknown dtype are refused before anything is written."""
     from conftest import MAX_SEQ_LEN
 
     cfg = models.get_preset("tiny-gemma3").replace(head_dim=32)
     model = models.build(cfg, seed=0)
     d = {kv: export(model, "executorch", "8da4w+emb4", MAX_SEQ_LEN, "fused", tmp_path / kv, options={"kv_cache": kv},
-                    progress=lambda m: None) for kv in ("fp16", "q8")}  # fmt: skip
+                    verify=kv == "q8", progress=lambda m: None) for kv in ("fp16", "q8")}  # fmt: skip
     assert checked_manifest(d["q8"], "executorch", "8da4w+emb4")["methods"]["forward"]["kv_cache_dtype"] == "q8"
     kv16 = models.state_bytes(cfg, MAX_SEQ_LEN, kv_bytes=2)["kv"]
     saved = sum(_non_const_buffers(d["fp16"] / "model.pte")) - sum(_non_const_buffers(d["q8"] / "model.pte"))
@@ -168,6 +163,13 @@ def test_q8_kv_cache_quarters_the_state_and_verifies(tmp_path):
                "fused", tmp_path / "d16", options={"kv_cache": "q8"}, verify=False,
                progress=lambda m: None)  # fmt: skip
     assert not (tmp_path / "d16").exists()
+    for ops, kv, msg in [("portable", "fp16", "kv_cache fp16 needs --ops fused"),
+                         ("portable", "q8", "kv_cache q8 needs --ops fused"),
+                         ("fused", "bf16", "kv_cache must be one of fp32, fp16, q8, got 'bf16'")]:  # fmt: skip
+        with pytest.raises(models.InputError, match=msg):
+            export(model, "executorch", "fp32", MAX_SEQ_LEN, ops, tmp_path / ops, options={"kv_cache": kv},
+                   verify=False, progress=lambda m: None)  # fmt: skip
+        assert not (tmp_path / ops).exists()
 
 
 def test_gemma3_1b_state_memory_at_8192():
