@@ -399,10 +399,11 @@ void norm_rope_row(const float* x, int64_t D, const float* w, float eps, const f
 }  // namespace
 
 // q (B, T, H*D), k/v (B, T, kvH*D) as projected; q_norm/k_norm (D,) or empty; cos/sin (T, rot);
-// caches (B, kvH, S, D) fp32 or fp16, or (B, kvH, S, D + D/16) int8 q8 rows, as before the chunk; q_pos (T,); cache_pos (B, S) (a slot at a
-// position >= q_pos[0] is stale: the chunk's own rows stand for it); src (T,)
-// -> out (B, T, H*D); k_rows/v_rows (B, kvH, T, D) in the caches' type: the chunk's normed, rotated
-// k rows and its v rows at src, which the program then writes into the cache.
+// caches (B, kvH, S, D) fp32 or fp16, or (B, kvH, S, D + D/16) int8 q8 rows, as before the chunk;
+// q_pos (T,); cache_pos (B, S) (a slot at a position >= q_pos[0] is stale: the chunk's own rows stand
+// for it); src (T,) -> out (B, T, H*D); k_rows/v_rows (B, kvH, T, D, or D + D/16 for q8) in the
+// caches' type: the chunk's normed, rotated k rows and its v rows at src, which the program then
+// writes into the cache.
 void rope_cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                               const Tensor& q_norm, const Tensor& k_norm, const Tensor& cos, const Tensor& sin,
                               const Tensor& k_cache, const Tensor& v_cache, const Tensor& q_pos,
