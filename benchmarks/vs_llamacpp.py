@@ -134,14 +134,18 @@ def with_runs(ggufs: dict[str, Path]) -> dict[str, Path]:
 
 
 def _matches(d: Path, args: list[str]) -> bool:
-    """``d`` holds an export of ``args``' recipe (and KV cache dtype): --skip-export may reuse it."""
+    """``d`` holds an export of ``args``' recipe, ops, KV cache dtype and (when given) PTQ method at
+    MAX_SEQ_LEN: --skip-export may reuse it."""
     if not (d / "manifest.json").is_file():
         return False
     m = json.loads((d / "manifest.json").read_text())
     opt = dict(zip(args[::2], args[1::2]))
     kv = m["methods"].get("forward", {}).get("kv_cache_dtype")
     want_kv = {"fp16": "float16", "q8": "q8"}.get(opt.get("--kv-cache", ""), "float32")
-    return m["recipe"]["name"] == opt["--quant"] and (kv is None or kv == want_kv)
+    ptq = opt.get("--ptq")
+    same_ptq = ptq is None or m["recipe"].get("ptq") == ptq
+    return (m["recipe"]["name"] == opt["--quant"] and (kv is None or kv == want_kv) and m["max_seq_len"] == MAX_SEQ_LEN
+            and m["ops"] == opt.get("--ops", "portable") and same_ptq)  # fmt: skip
 
 
 def export_ours(source: str, out: Path, skip: bool, extra: tuple[str, ...] | list[str] = ()) -> dict[str, Path]:
@@ -149,7 +153,7 @@ def export_ours(source: str, out: Path, skip: bool, extra: tuple[str, ...] | lis
     for label, args in OURS.items():
         d = out / label.split()[0].lower()
         arts[label] = d
-        if skip and _matches(d, args):
+        if skip and _matches(d, [*args, *extra]):
             continue
         log(f"exporting {label} from {source}…")
         t0 = time.perf_counter()

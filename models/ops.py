@@ -15,8 +15,9 @@
 
 A KV cache may be kept in fp32, fp16 or **q8** (``int8`` caches): each (B, kvH, slot) row holds D int8
 codes in groups of 32, then the groups' fp16 scales as 2 bytes each (little-endian), D + D/16 bytes in
-all, as llama.cpp's Q8_0 blocks (d = max|x| / 127, code = round(x / d)). ``q8_pack`` / ``q8_unpack``
-are its reference; ``rope_cache_attention`` reads and writes such caches.
+all, as llama.cpp's Q8_0 blocks (d = max|x| / 127, code = roundf(x * (1/d)), ties away from zero, as
+ggml-quants.c). ``q8_pack`` / ``q8_unpack`` are its reference; ``rope_cache_attention`` reads and
+writes such caches.
 
 The eager kernel of each op *is* the reference function below, so the plain-PyTorch path and the
 custom-op path compute the same thing; backends lower the op (or its decomposition) from outside.
@@ -57,12 +58,16 @@ def q8_row_bytes(D: int) -> int:
 
 def q8_pack(x: torch.Tensor) -> torch.Tensor:
     """(..., D) float -> (..., D + D/16) int8 q8 rows: per group of 32, d = max|x| / 127 (fp32), codes
-    round(x / d) to nearest even (0 where d is 0), then d as fp16 bytes."""
+    x * (1/d) rounded half away from zero (C's roundf; 0 where d is 0), then d as fp16 bytes: the
+    arithmetic of ggml-quants.c's quantize_row_q8_0, so the codes are llama.cpp's."""
     D = x.shape[-1]
     q8_row_bytes(D)
     g = x.float().reshape(*x.shape[:-1], D // Q8_GROUP, Q8_GROUP)
     d = g.abs().amax(-1, keepdim=True) / 127
-    codes = torch.where(d > 0, torch.round(g / torch.where(d > 0, d, torch.ones_like(d))), torch.zeros_like(g))
+    inv = torch.where(d > 0, 1.0 / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    y = g * inv
+    a = y.abs()
+    codes = torch.sign(y) * (a.floor() + torch.floor(2 * (a - a.floor())))  # roundf, exactly
     codes = codes.clamp(-127, 127).to(torch.int8).reshape(x.shape)
     scales = d.squeeze(-1).to(torch.float16).contiguous().view(torch.int8)  # (..., 2 * D/32) little-endian
     return torch.cat((codes, scales), dim=-1)

@@ -195,8 +195,12 @@ def _roofline(s, res: dict, bw: float) -> dict:
     if rec.get("embedding_bits") and not shared:  # an untied quantized table: one row is read per token
         gs = rec["group_size"] if rec["embedding_bits"] == 4 and rec["group_size"] else cfg.d_model
         weights -= cfg.vocab_size * cfg.d_model * rec["embedding_bits"] // 8 + cfg.vocab_size * (cfg.d_model // gs) * 4
+    # bytes per cached value: an ExecuTorch artifact may keep fp16 or q8 (34 bytes a block of 32) caches
+    kv_dtype = s.manifest["methods"].get("forward", {}).get("kv_cache_dtype", "float32")
+    kv_bytes = {"float16": 2, "q8": 34 / 32}.get(kv_dtype, 4)
     for ctx, st in res["decode_tok_s"].items():
-        state = state_bytes(s.config, min(ctx, s.max_seq_len), kv_bytes=4)["total"]
+        n = min(ctx, s.max_seq_len)  # recurrent states stay fp32
+        state = state_bytes(s.config, n, kv_bytes=kv_bytes)["kv"] + state_bytes(s.config, n, kv_bytes=4)["recurrent"]
         per_token = weights + state
         limit = bw / per_token
         out[ctx] = {"bytes_per_token": per_token, "roofline_tok_s": limit, "fraction": st["median"] / limit}

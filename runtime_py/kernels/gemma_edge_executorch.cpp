@@ -282,13 +282,17 @@ Tensor& sliding_window_attention_out(KernelRuntimeContext& ctx, const Tensor& q,
 namespace {
 
 // One row of D values as a q8 row (models/ops.py q8_pack): per group of 32, d = max|x| / 127, codes
-// round half to even of x / d (0 when d is 0), then d as fp16 (rounded to nearest even) bytes.
+// roundf(x * (1/d)) (half away from zero; 0 when d is 0), as ggml-quants.c's quantize_row_q8_0,
+// then d as fp16 (rounded to nearest even) bytes.
 void q8_pack_row(const float* x, int64_t D, int8_t* out) {
   uint8_t* sc = reinterpret_cast<uint8_t*>(out + D);
   for (int64_t g = 0; g < D / kQ8Group; ++g) {
     const float* xg = x + g * kQ8Group;
     const float d = a8_group_scale(xg, kQ8Group);
-    for (int64_t i = 0; i < kQ8Group; ++i) out[g * kQ8Group + i] = d > 0.f ? a8_code(xg[i], d) : 0;
+    const float id = d > 0.f ? 1.f / d : 0.f;
+    for (int64_t i = 0; i < kQ8Group; ++i) {
+      out[g * kQ8Group + i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::round(xg[i] * id))));
+    }
     const executorch::aten::Half h(d);
     uint16_t bits;
     std::memcpy(&bits, &h, 2);

@@ -176,6 +176,7 @@ def test_rope_cache_attention_kernel_matches_reference(tmp_path, window, softcap
     def inputs(start, T):
         q = torch.randn(B, T, H * D, generator=G) * 2
         k, v = torch.randn(B, T, kvH * D, generator=G) * 2, torch.randn(B, T, kvH * D, generator=G)
+        v[:, :, :7] = torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 127.0])  # q8: d = 1, exact ties round away
         qn, kn = (torch.randn(D, generator=G), torch.randn(D, generator=G)) if norm else (torch.empty(0),) * 2
         kc, vc = torch.randn(B, kvH, S, D, generator=G), torch.randn(B, kvH, S, D, generator=G)
         if cache != "fp32":
@@ -207,13 +208,16 @@ def test_rope_cache_attention_kernel_matches_reference(tmp_path, window, softcap
 
 
 def test_q8_rows_are_llamacpp_q8_0_blocks():
-    """A q8 cache row is llama.cpp's Q8_0 (gguf-py's reference quantizer, the outside oracle): the same
-    codes and fp16 scales, laid out as the row's codes then its scales, and the same dequantized values.
-    Rows with an all-zero group, and a head dim that is not a multiple of 32, are covered too."""
+    """A q8 cache row is llama.cpp's Q8_0 (gguf-py's quantizer, bit-exact with ggml-quants.c: the outside
+    oracle): the same codes and fp16 scales, laid out as the row's codes then its scales, and the same
+    dequantized values. Covers an all-zero group, exact ties (x.5 with d = 1: away from zero, where
+    round-half-even would differ) and a head dim that is not a multiple of 32 (refused)."""
     from gguf import GGMLQuantizationType, quants
 
     x = torch.randn(3, 5, 256, generator=G) * torch.logspace(-3, 2, 5)[None, :, None]
     x[0, 0, 32:64] = 0  # a group of zeros: scale 0, codes 0
+    x[1, 0, :32] = torch.arange(-15.5, 16.5)  # d = 16.5 / 127: no ties; then exact ties (d = 1): x.5 rounds away
+    x[1, 1, :32] = torch.cat((torch.arange(-2.5, 3.5), torch.tensor([127.0]), torch.zeros(25)))
     ref = quants.quantize(x.numpy(), GGMLQuantizationType.Q8_0).reshape(3, 5, 8, 34)
     p = ops.q8_pack(x)
     assert p.dtype == torch.int8 and p.shape == (3, 5, 256 + 16)
