@@ -85,6 +85,7 @@ class AttnContext:
     sin_table: torch.Tensor | None = None
     cache_len: int | None = None  # slots of this kind's caches (None: no cache, attend within the chunk)
     cache_src: torch.Tensor | None = None  # (T,) the chunk row each global cache write takes (OpAttentionCore)
+    ring_after: AttnContext | None = None  # the ring's key positions and mask after a write-first core's write
 
     @staticmethod
     def build(inv_freq, pos, batch: int, window: int, causal: bool, cache_len: int | None, key_mask=None):
@@ -115,8 +116,9 @@ class AttentionCore:
     """RoPE, cache update and attention of projected q, k, v (B, T, heads * hd) -> (B, T, H * hd).
 
     Stateless, so one instance may serve every layer. Subclasses override a step: ``attend`` (the
-    softmax attention over keys at known positions), ``read_ring`` (a local layer's keys and values
-    and the rows its ring write takes), ``extend_context`` (extra per-kind tensors) or the whole call.
+    softmax attention over keys at known positions), ``ring`` (a local layer's keys and values and
+    its ring write), ``write`` (a cache update), ``extend_context`` (extra per-kind tensors) or the
+    whole call.
     """
 
     def extend_context(self, ctx: AttnContext, inv_freq: torch.Tensor) -> None:
@@ -135,26 +137,31 @@ class AttentionCore:
         if cache is None:
             keys, values = k, v
         elif layer.window:  # ring: attend to (ring before the chunk, chunk), then write the chunk in place
-            slots = ctx.ring_write[0]
-            out, keys, values, k_rows, v_rows = self.read_ring(layer, q, k, v, cache, ctx)
-            k_rows, v_rows = _as(k_rows, cache[0].dtype), _as(v_rows, cache[1].dtype)
-            new_cache = (cache[0].index_copy(2, slots.long(), k_rows), cache[1].index_copy(2, slots.long(), v_rows))
+            out, keys, values, new_cache = self.ring(layer, q, k, v, cache, ctx)
         else:  # global cache indexed by absolute position (the cache may be fp16: rows rounded on write)
             k_in, v_in = _as(k, cache[0].dtype), _as(v, cache[1].dtype)
-            new_cache = (cache[0].index_copy(2, ctx.pos.long(), k_in), cache[1].index_copy(2, ctx.pos.long(), v_in))
+            new_cache = (self.write(cache[0], ctx.pos, k_in, True), self.write(cache[1], ctx.pos, v_in, True))
             keys, values = new_cache
 
-        if out is None:  # (a read_ring that attends already did)
+        if out is None:  # (a ring that attends already did)
             out = self.attend(layer, q, keys, values, ctx)
         return out.transpose(1, 2).reshape(B, T, layer.num_heads * layer.head_dim), new_cache
 
-    def read_ring(self, layer: Attention, q, k, v, cache, ctx: AttnContext):
-        """(out or None, keys, values, k_rows, v_rows): the keys/values a local layer attends to
-        (ring before the chunk, then the chunk) and the chunk rows its ring write takes."""
-        _, src = ctx.ring_write
+    def write(self, cache: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, contiguous: bool) -> torch.Tensor:
+        """``cache`` (B, kvH, S, hd) with ``rows`` (B, kvH, T, hd) at ``slots`` (T,) of its sequence axis.
+        ``contiguous``: the slots are known to run slots[0], slots[0] + 1, ... (a global cache's chunk
+        positions, a one-row ring write), so a runtime may take the write as one slice update."""
+        return cache.index_copy(2, slots.long(), rows)
+
+    def ring(self, layer: Attention, q, k, v, cache, ctx: AttnContext):
+        """(out or None, keys, values, new cache) of a local layer: it attends to the ring before the
+        chunk, then the chunk (ctx.k_pos, ctx.vis), and the chunk's rows are written to their slots."""
+        slots, src = ctx.ring_write
         keys = torch.cat((_as(cache[0], k.dtype), k), dim=2)  # (B, kvH, W+T, hd)
         values = torch.cat((_as(cache[1], v.dtype), v), dim=2)
-        return None, keys, values, k.index_select(2, src), v.index_select(2, src)
+        k_rows, v_rows = _as(k.index_select(2, src), cache[0].dtype), _as(v.index_select(2, src), cache[1].dtype)
+        one = k.shape[2] == 1
+        return None, keys, values, (self.write(cache[0], slots, k_rows, one), self.write(cache[1], slots, v_rows, one))
 
     def attend(self, layer: Attention, q, keys, values, ctx: AttnContext) -> torch.Tensor:  # (B, H, T, hd)
         return ops.masked_attention(q, keys, values, ctx.vis, layer.scale, layer.softcap)

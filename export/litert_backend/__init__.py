@@ -26,12 +26,13 @@ from ..backend import FunctionBackend
 from .lower import lower
 from .prepare import check_supported, prepare
 from .quantize import DYNAMIC, QUANT
-from .reference import _artifact_weights, composite_names, eager_quantized
+from .reference import _artifact_weights, composite_names, eager_quantized, signature_ops
 from .wrappers import MODEL_FILE, LiteRTCausal, LiteRTEncoder, state_names
 
 __all__ = [
     "LiteRTBackend", "LiteRTCausal", "LiteRTEncoder", "check_supported", "prepare", "lower", "runtime_version",
-    "state_names", "eager_quantized", "composite_names", "QUANT", "DYNAMIC", "MODEL_FILE", "_artifact_weights",
+    "state_names", "eager_quantized", "composite_names", "signature_ops", "QUANT", "DYNAMIC", "MODEL_FILE",
+    "_artifact_weights",
 ]  # fmt: skip
 
 

@@ -1,8 +1,10 @@
-"""Reading the flatbuffer back: its quantized weights as the eager lowering reference, its composites."""
+"""Reading the flatbuffer back: its quantized weights as the eager lowering reference, its composites
+and each signature's ops."""
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +111,19 @@ def composite_names(tflite: Path) -> list[str]:
             opts.Init(table.Bytes, table.Pos)
             names.append(opts.Name().decode())
     return names
+
+
+def signature_ops(tflite: Path) -> dict[str, Counter]:
+    """Each signature's builtin ops by name, counted (read from the flatbuffer)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.Model.GetRootAsModel(tflite.read_bytes(), 0)
+    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    out = {}
+    for s in range(model.SignatureDefsLength()):
+        sig = model.SignatureDefs(s)
+        sub = model.Subgraphs(sig.SubgraphIndex())
+        ops = (codes[sub.Operators(i).OpcodeIndex()] for i in range(sub.OperatorsLength()))
+        out[sig.SignatureKey().decode()] = Counter(names[max(c.BuiltinCode(), c.DeprecatedBuiltinCode())] for c in ops)
+    return out

@@ -22,23 +22,29 @@ GOLDEN = {
     ("onnx", "tiny-gemma3", "int4+emb4", "fused"): "fef0d91f9fb6b8ccbdf5948b814171b88274932dba0dcd964dae015b63a71756",
     ("onnx", "tiny-recurrentgemma", "8da4w", "portable"):
         "9e4959e219b16dd8e9eeced3aa8079a347af4691d6f79d7ac0460abeb948cfe4",
-    ("litert", "tiny-gemma2", "fp32", "portable"): "895aadfa697a4b9eeb53ef1569e5f945c7d9950df2f460e892850697a92abc2b",
+    # 2026-12-06 late (export/litert_backend/prepare.py LiteRTAttentionCore): contiguous cache writes
+    # are DYNAMIC_UPDATE_SLICE, not STABLEHLO_SCATTER, and a decode step writes its ring row before
+    # attending, in both LiteRT records; q·K is litert-torch's bmm_4d in this portable one.
+    ("litert", "tiny-gemma2", "fp32", "portable"): "483da443be9636e4b931b3d16c218b35cdedf5001e2c3ce741042cb6ffbfa3fd",
     # The calibration math behind this recipe (SmoothQuant scales, GPTQ) goes through torch's
     # vectorised CPU kernels and its BLAS, whose reductions round differently per instruction set
     # and, for the BLAS, per CPU vendor: one record per torch CPU capability and vendor_id (_machine()),
     # the same code and package versions. AVX512 GenuineIntel: an Intel Xeon machine (2026-12-03
     # morning, written again 2026-12-04); AVX2 AuthenticAMD: an AMD EPYC machine without AVX-512
     # (2026-12-03 evening, three runs alike); AVX512 AuthenticAMD: an AMD EPYC machine with AVX-512
-    # (2026-12-06, the code before and after that day's changes alike).
+    # (2026-12-06, the code before and after that day's changes alike). LiteRTAttentionCore
+    # (2026-12-06 late) changed the graph: only the AVX512 AuthenticAMD record could be written again;
+    # the other two machines' records are dropped until one of them runs this.
     ("litert", "tiny-gemma3", "int4", "fused"): {
-        "AVX512 GenuineIntel": "5aedd41bc17e21b213e1a1cc988dfe3da2baacc1e6145bdf310034e6fc5281c0",
-        "AVX2 AuthenticAMD": "a545f820777f167605c9ebabd44cfc55b19beeab80c632bdabaafda0e36a9f4d",
-        "AVX512 AuthenticAMD": "0caa6fadf5a59926ecd922e5710723f32061014e2e9f11cd3a9b35fa8b1d9789",
+        "AVX512 AuthenticAMD": "df55587379227d74b590a446238c3bf4b174a3fe2b6f4584fa0579407dbb58eb",
     },
     # 2026-12-04: the memory plan no longer holds a second copy of the KV caches
     # (export/executorch_backend/planning.py): tensor offsets and the arena size changed.
+    # 2026-12-06 late: found stale (this case runs with `make test-slow` only). It wrote this hash
+    # before and after that session's change, which touched no ExecuTorch lowering; the 2026-12-06
+    # ExecuTorch work (rope_cache_attention, the tiled head, one partitioner) changed it unrecorded.
     ("executorch", "tiny-gemma3", "int4+emb4", "fused"):
-        "50db7d0894dba1606cc0180eae6e8537b201fce7ee53e0b978a60aa49df69d4f",
+        "59b50bd3dd2f9f9d812feea3936a12e03fb47534422d95cc7eedd64910d73e68",
 }  # fmt: skip
 # The default run checks one export per backend format it can afford (~2 minutes per tiny ExecuTorch
 # export on 2 cores): the others run with `make test-slow`.

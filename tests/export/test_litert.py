@@ -9,7 +9,7 @@ import torch
 
 from gemma_edge import models
 from gemma_edge.export import export
-from gemma_edge.export.litert_backend import composite_names
+from gemma_edge.export.litert_backend import composite_names, signature_ops
 from gemma_edge.models import ExportError
 from gemma_edge.runtime_py import load
 
@@ -99,6 +99,24 @@ def test_signatures_follow_litert_torch_conventions(artifact, preset):
             assert shapes[f"kv_cache_k_{i}"] == [1, cfg.num_kv_heads, slots, cfg.head_dim]
             assert {f"kv_cache_k_{i}", f"kv_cache_v_{i}"} <= set(sigs["decode"]["outputs"])
     assert "logits" in sigs["decode"]["outputs"]
+
+
+@pytest.mark.parametrize("preset, ops", [("tiny-gemma3", "portable"), ("tiny-recurrentgemma", "fused")])
+def test_cache_writes_are_slice_updates(artifact, preset, ops):
+    """A decode step writes each cache row with DYNAMIC_UPDATE_SLICE (in place: the Session binds one
+    buffer as the state's input and output), never STABLEHLO_SCATTER (which copies the whole cache
+    into its output first). A prefill chunk writes its global caches so too; its ring writes, which
+    may wrap, stay scatters. Verify and the generation tests hold the values."""
+    cfg = models.get_preset(preset)
+    n_local = sum(k == "local" for k in cfg.layer_kinds)
+    n_global = sum(k == "global" for k in cfg.layer_kinds)
+    d = _art(artifact, preset, "fp32", ops)
+    sigs = signature_ops(d / "model.tflite")
+    prefill = next(k for k in sigs if k.startswith("prefill_"))
+    assert sigs["decode"]["DYNAMIC_UPDATE_SLICE"] == 2 * (n_local + n_global)
+    assert sigs["decode"]["STABLEHLO_SCATTER"] == 0
+    assert sigs[prefill]["DYNAMIC_UPDATE_SLICE"] == 2 * n_global
+    assert sigs[prefill]["STABLEHLO_SCATTER"] == 2 * n_local
 
 
 def test_litert_session_generates_like_executorch(artifact):
