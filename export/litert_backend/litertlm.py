@@ -9,8 +9,8 @@ What LiteRT-LM needs beyond our ``model.tflite`` (found by running litert-lm-api
   ``rglru_state_i`` as linear-attention state: without it LiteRT-LM sizes the context from
   ``kv_cache_k_0``, which for Gemma 2/3 is the local ring (the window), and stops there.
 - A prefill it can drive without padding: LiteRT-LM fills the unused slots of a fixed-size
-  ``prefill_T`` chunk with pad tokens at position 0, which our cache writes (``index_copy`` at the
-  chunk's positions, ring slots from contiguous positions) do not tolerate, silently. The bundled
+  ``prefill_T`` chunk with pad tokens at position 0, which our cache writes (a slice update at the
+  chunk's first position, ring slots from contiguous positions) do not tolerate, silently. The bundled
   copy of the model therefore has a signature ``prefill_1`` over the decode subgraph and the
   ``prefill_T`` signature renamed ``chunk_T`` (hidden from LiteRT-LM); our Session keeps reading
   ``model.tflite`` with its chunked prefill. Cost: LiteRT-LM prefills one token per call.

@@ -44,12 +44,15 @@ class LiteRTAttentionCore(AttentionCore):
     as one ``dynamic_update_slice``: TFLite's DYNAMIC_UPDATE_SLICE writes the rows in place when the
     state buffer is bound as both input and output (our Session, LiteRT-LM). ``index_copy`` lowers
     to STABLEHLO_SCATTER, which first copies the whole cache into its output: every cache, every
-    step. A prefill chunk's ring write, which may wrap, stays a scatter.
+    step. A prefill chunk's ring write, which may wrap, stays a scatter. A global write starts at
+    the chunk's first position: a chunk's positions are consecutive (the ring's own arithmetic
+    assumes it too), and the Session refuses positions past the cache.
 
     A decode step on a ring writes its row first and attends over the ring alone, instead of over
     the ring concatenated with the row (a copy of the whole ring per layer and step). The slot the
     row takes held position pos - slots <= pos - window, which the window does not see, so the
-    visible keys are the same."""
+    visible keys are the same (a ring has fewer slots than the window only when max_seq_len is
+    smaller, and then it never wraps)."""
 
     def write(self, cache, slots, rows, contiguous):
         if not contiguous:
@@ -68,19 +71,26 @@ class LiteRTAttentionCore(AttentionCore):
 
         B, H, T, D = q.shape
         kvH, S = keys.shape[1], keys.shape[2]
+        if keys.dtype != q.dtype:  # a cache kept in another type: attention in the activations' type
+            keys, values = keys.to(q.dtype), values.to(q.dtype)
         rep = H // kvH  # query head h = g * rep + r reads kv head g
         scores = bmm_4d(q.reshape(B, kvH, rep * T, D) * layer.scale, keys)  # (B, kvH, rep * T, S)
         if layer.softcap > 0:
             scores = torch.tanh(scores / layer.softcap) * layer.softcap
         vis = ctx.vis.expand(B, kvH, rep, T, S).reshape(B, kvH, rep * T, S)
         scores = torch.where(vis, scores, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1)
+        if scores.dtype == torch.float32:
+            probs = torch.softmax(scores, dim=-1)
+        else:  # as ops.masked_attention: the softmax in fp32
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(probs, values).reshape(B, H, T, D)
 
     def ring(self, layer, q, k, v, cache, ctx):
         if k.shape[2] != 1:
             return super().ring(layer, q, k, v, cache, ctx)
         slot = ctx.ring_write[0]
+        if k.dtype != cache[0].dtype:  # rows rounded to the cache's type on write
+            k, v = k.to(cache[0].dtype), v.to(cache[1].dtype)
         new = (self.write(cache[0], slot, k, True), self.write(cache[1], slot, v, True))
         if ctx.ring_after is None:  # once per kind and call: the ring's positions after the write
             W = cache[0].shape[2]
