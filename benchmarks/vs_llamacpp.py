@@ -134,8 +134,8 @@ def with_runs(ggufs: dict[str, Path]) -> dict[str, Path]:
 
 
 def _matches(d: Path, args: list[str]) -> bool:
-    """``d`` holds an export of ``args``' recipe, ops, KV cache dtype and (when given) PTQ method at
-    MAX_SEQ_LEN: --skip-export may reuse it."""
+    """``d`` holds an export of ``args``' recipe, ops, KV cache dtype, (when given) PTQ method and
+    the backend's default prefill chunk at MAX_SEQ_LEN: --skip-export may reuse it."""
     if not (d / "manifest.json").is_file():
         return False
     m = json.loads((d / "manifest.json").read_text())
@@ -144,8 +144,11 @@ def _matches(d: Path, args: list[str]) -> bool:
     want_kv = {"fp16": "float16", "q8": "q8"}.get(opt.get("--kv-cache", ""), "float32")
     ptq = opt.get("--ptq")
     same_ptq = ptq is None or m["recipe"].get("ptq") == ptq
+    from gemma_edge.export import BACKENDS
+
+    chunk = BACKENDS[opt["--backend"]]().prefill_chunk  # LiteRT's went from 128 to 32 on 2026-12-06
     return (m["recipe"]["name"] == opt["--quant"] and (kv is None or kv == want_kv) and m["max_seq_len"] == MAX_SEQ_LEN
-            and m["ops"] == opt.get("--ops", "portable") and same_ptq)  # fmt: skip
+            and m["ops"] == opt.get("--ops", "portable") and same_ptq and m.get("prefill_chunk") == chunk)  # fmt: skip
 
 
 def export_ours(source: str, out: Path, skip: bool, extra: tuple[str, ...] | list[str] = ()) -> dict[str, Path]:

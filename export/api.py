@@ -52,9 +52,10 @@ def _litert() -> Backend:
 BACKENDS: dict[str, Callable[[], Backend]] = {"executorch": _executorch, "onnx": _onnx, "litert": _litert}
 
 
-def default_prefill_chunk(cfg: ModelConfig, max_seq_len: int) -> int:
+def default_prefill_chunk(cfg: ModelConfig, max_seq_len: int, backend_cap: int = 128) -> int:
+    """The prefill chunk export() uses when none is given: the backend's (``Backend.prefill_chunk``)."""
     # The RG-LRU closed form holds a (T, T, lru_width) decay tensor per chunk: keep T modest there.
-    cap = 64 if "recurrent" in cfg.layer_kinds else 128
+    cap = min(backend_cap, 64) if "recurrent" in cfg.layer_kinds else backend_cap
     return max(1, min(cap, max_seq_len))
 
 
@@ -125,7 +126,7 @@ def _check_request(model: nn.Module, b: Backend, rec: Recipe, max_seq_len: int, 
         )
     if not 0 < max_seq_len <= cfg.max_seq_len:
         raise InputError(f"max_seq_len must be in 1..{cfg.max_seq_len} for this model, got {max_seq_len}")
-    chunk = default_prefill_chunk(cfg, max_seq_len) if prefill_chunk is None else prefill_chunk
+    chunk = default_prefill_chunk(cfg, max_seq_len, b.prefill_chunk) if prefill_chunk is None else prefill_chunk
     if isinstance(chunk, bool) or not isinstance(chunk, int) or not 0 < chunk <= max_seq_len:
         raise InputError(f"prefill_chunk must be in 1..{max_seq_len}, got {chunk}")
     if tok is not None and not tok.is_file():

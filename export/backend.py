@@ -48,6 +48,7 @@ class Backend(ABC):
     name: ClassVar[str]
     model_file: ClassVar[str]
     options: ClassVar[dict[str, str]] = {}  # option name -> what it does (only this backend takes them)
+    prefill_chunk: ClassVar[int] = 128  # the default prefill chunk (export's prefill_chunk=None), at most
 
     @abstractmethod
     def runtime_version(self) -> str: ...

@@ -37,7 +37,8 @@ def _export_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     )
     p.add_argument("--max-seq-len", type=int, default=1024)
     p.add_argument("--ops", default="portable", choices=["portable", "fused"])
-    p.add_argument("--prefill-chunk", type=int, default=None)
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help="tokens per prefill call (default 128; LiteRT 32; RecurrentGemma at most 64)")
     p.add_argument("--group-size", type=int, default=32)
     p.add_argument("--ptq", default="gptq", choices=["rtn", "mse", "gptq"],
                    help="how 4-bit codes are chosen: round-to-nearest, scale search, or GPTQ calibrated on "

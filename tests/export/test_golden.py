@@ -25,7 +25,8 @@ GOLDEN = {
     # 2026-12-06 late (export/litert_backend/prepare.py LiteRTAttentionCore): contiguous cache writes
     # are DYNAMIC_UPDATE_SLICE, not STABLEHLO_SCATTER, and a decode step writes its ring row before
     # attending, in both LiteRT records; q·K is litert-torch's bmm_4d in this portable one.
-    ("litert", "tiny-gemma2", "fp32", "portable"): "483da443be9636e4b931b3d16c218b35cdedf5001e2c3ce741042cb6ffbfa3fd",
+    # 2026-12-06 night: LiteRT's default prefill chunk is 32 (Backend.prefill_chunk): prefill_32, in both.
+    ("litert", "tiny-gemma2", "fp32", "portable"): "fcaf2ffb17eb4bc6826d46b6b8dc0812b73584a4c6871bced85ec1c40d08f9ef",
     # The calibration math behind this recipe (SmoothQuant scales, GPTQ) goes through torch's
     # vectorised CPU kernels and its BLAS, whose reductions round differently per instruction set
     # and, for the BLAS, per CPU vendor: one record per torch CPU capability and vendor_id (_machine()),
@@ -36,7 +37,7 @@ GOLDEN = {
     # (2026-12-06 late) changed the graph: only the AVX512 AuthenticAMD record could be written again;
     # the other two machines' records are dropped until one of them runs this.
     ("litert", "tiny-gemma3", "int4", "fused"): {
-        "AVX512 AuthenticAMD": "df55587379227d74b590a446238c3bf4b174a3fe2b6f4584fa0579407dbb58eb",
+        "AVX512 AuthenticAMD": "e274ddcc820e8a64cbf33beaecab26bd622c6cfee7002433cf218fdaf5379257",
     },
     # 2026-12-04: the memory plan no longer holds a second copy of the KV caches
     # (export/executorch_backend/planning.py): tensor offsets and the arena size changed.

@@ -89,6 +89,7 @@ def test_signatures_follow_litert_torch_conventions(artifact, preset):
     sigs = Interpreter(model_path=str(d / "model.tflite")).get_signature_list()
     m = json.loads((d / "manifest.json").read_text())
     assert set(sigs) == {f"prefill_{m['prefill_chunk']}", "decode"}
+    assert m["prefill_chunk"] == 32  # LiteRT's default chunk: a smaller XNNPACK arena than 128's
     shapes = {i["name"]: i["shape"] for i in m["methods"]["decode"]["inputs"]}
     assert shapes["tokens"] == [1, 1] and shapes["input_pos"] == [1]
     for i, kind in enumerate(cfg.layer_kinds):
