@@ -144,9 +144,12 @@ def _matches(d: Path, args: list[str]) -> bool:
     want_kv = {"fp16": "float16", "q8": "q8"}.get(opt.get("--kv-cache", ""), "float32")
     ptq = opt.get("--ptq")
     same_ptq = ptq is None or m["recipe"].get("ptq") == ptq
-    from gemma_edge.export import BACKENDS
+    from gemma_edge.export import BACKENDS, default_prefill_chunk
+    from gemma_edge.models import ModelConfig
 
-    chunk = BACKENDS[opt["--backend"]]().prefill_chunk  # LiteRT's went from 128 to 32 on 2026-12-06
+    cap = BACKENDS[opt["--backend"]]().prefill_chunk  # LiteRT's went from 128 to 32 on 2026-12-06
+    cfg = ModelConfig.from_dict(m["config"])
+    chunk = int(opt.get("--prefill-chunk", 0)) or default_prefill_chunk(cfg, MAX_SEQ_LEN, cap)
     return (m["recipe"]["name"] == opt["--quant"] and (kv is None or kv == want_kv) and m["max_seq_len"] == MAX_SEQ_LEN
             and m["ops"] == opt.get("--ops", "portable") and same_ptq and m.get("prefill_chunk") == chunk)  # fmt: skip
 

@@ -48,8 +48,9 @@ def runtime_version() -> str:
 class LiteRTBackend(FunctionBackend):
     name, model_file = "litert", MODEL_FILE
     # XNNPACK holds an arena per signature: prefill_128's is 24 MiB beside the decode's, on the 270M
-    # and the 1B alike; prefill_32 brings the 1B's peak RSS from 1.31x to 1.27x its file, at the same
-    # prefill speed on the 270M and 0.91x on the 1B (benchmarks/README.md, "LiteRT's prefill chunk").
+    # and the 1B alike; prefill_32 brings the 1B's peak RSS from 1.31x to 1.27x its file, for a
+    # prefill at 0.85-0.94x (270M) and 0.87-0.88x (1B) and the same decode (benchmarks/README.md,
+    # "LiteRT's prefill chunk"). --prefill-chunk 128 buys the prefill back with the memory.
     prefill_chunk = 32
     steps = SimpleNamespace(
         runtime_version=runtime_version, check_supported=check_supported, prepare=prepare, lower=lower

@@ -132,7 +132,7 @@ def test_session_packs_weights_once_into_a_shared_cache(artifact, tmp_path, monk
     prefill chunk and decode agree with a decode-only run across the window). An unwritable cache
     folder costs memory, not correctness."""
     d = _art(artifact, "tiny-gemma3")
-    ids = list(range(40, 40 + 30))  # the prefill chunk, then decode steps, past the window
+    ids = list(range(40, 40 + 40))  # a prefill chunk (32), then decode steps, past the window
     monkeypatch.setenv("GEMMA_EDGE_CACHE", str(tmp_path / "cache"))
     first = load(d)
     (cache,) = (tmp_path / "cache" / "litert").glob("*.xnnpack_cache")
@@ -141,7 +141,8 @@ def test_session_packs_weights_once_into_a_shared_cache(artifact, tmp_path, monk
     second = load(d)
     assert any(line.rstrip().endswith(str(cache)) for line in open("/proc/self/maps"))  # mapped, not repacked
     b = torch.stack([second.decode(t) for t in ids])[-1]  # T=1 only
-    assert torch.equal(a, b)
+    # XNNPACK's 32-row and 1-row fp32 GEMMs sum in different orders: agreement to rounding (5e-7 seen)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("GEMMA_EDGE_CACHE", str(tmp_path / "file"))  # a folder cannot be made there
     assert torch.equal(load(d).prefill(ids), a)
