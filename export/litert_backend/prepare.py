@@ -11,7 +11,7 @@ from torch import nn
 
 from gemma_edge import quant
 from gemma_edge.models import ops
-from gemma_edge.models.attention import AttentionCore, set_core
+from gemma_edge.models.attention import AttentionCore, _as, set_core
 from gemma_edge.models.errors import ExportError
 from gemma_edge.models.recurrent import RGLRU
 from gemma_edge.quant import Recipe
@@ -71,26 +71,21 @@ class LiteRTAttentionCore(AttentionCore):
 
         B, H, T, D = q.shape
         kvH, S = keys.shape[1], keys.shape[2]
-        if keys.dtype != q.dtype:  # a cache kept in another type: attention in the activations' type
-            keys, values = keys.to(q.dtype), values.to(q.dtype)
+        keys, values = _as(keys, q.dtype), _as(values, q.dtype)  # as ops.masked_attention: a cache's type
         rep = H // kvH  # query head h = g * rep + r reads kv head g
         scores = bmm_4d(q.reshape(B, kvH, rep * T, D) * layer.scale, keys)  # (B, kvH, rep * T, S)
         if layer.softcap > 0:
             scores = torch.tanh(scores / layer.softcap) * layer.softcap
         vis = ctx.vis.expand(B, kvH, rep, T, S).reshape(B, kvH, rep * T, S)
         scores = torch.where(vis, scores, torch.finfo(scores.dtype).min)
-        if scores.dtype == torch.float32:
-            probs = torch.softmax(scores, dim=-1)
-        else:  # as ops.masked_attention: the softmax in fp32
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # as ops.masked_attention
         return torch.matmul(probs, values).reshape(B, H, T, D)
 
     def ring(self, layer, q, k, v, cache, ctx):
         if k.shape[2] != 1:
             return super().ring(layer, q, k, v, cache, ctx)
         slot = ctx.ring_write[0]
-        if k.dtype != cache[0].dtype:  # rows rounded to the cache's type on write
-            k, v = k.to(cache[0].dtype), v.to(cache[1].dtype)
+        k, v = _as(k, cache[0].dtype), _as(v, cache[1].dtype)  # rows rounded to the cache's type on write
         new = (self.write(cache[0], slot, k, True), self.write(cache[1], slot, v, True))
         if ctx.ring_after is None:  # once per kind and call: the ring's positions after the write
             W = cache[0].shape[2]
